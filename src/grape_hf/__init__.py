@@ -1,0 +1,48 @@
+"""grape_hf: GRAPE (arXiv 2509.23370) for the Hugging Face ecosystem.
+
+An LLM rewrites queries for a frozen retriever; TRL's GRPOTrainer trains it with a reward from the retriever's
+ranking of the right item among the whole corpus.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# Public name -> module. Resolved on first access so that `import grape_hf` stays light.
+_LAZY = {
+    "load_retriever": "retrievers",
+    "Retriever": "retrievers",
+    "CLIPRankScorer": "scorer",
+    "GRAPERewardFunction": "rewards",
+    "get_reward_funcs": "rewards",
+    "GRAPEScriptArguments": "configs",
+    "QueryRewriter": "rewriter",
+    "PromptTemplate": "prompts",
+    "get_prompt_template": "prompts",
+    "evaluate_retrieval": "evaluation",
+    "evaluate_rewriters": "evaluation",
+    "load_grape_dataset": "data",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .configs import GRAPEScriptArguments
+    from .data import load_grape_dataset
+    from .evaluation import evaluate_retrieval, evaluate_rewriters
+    from .prompts import PromptTemplate, get_prompt_template
+    from .retrievers import Retriever, load_retriever
+    from .rewards import GRAPERewardFunction, get_reward_funcs
+    from .rewriter import QueryRewriter
+    from .scorer import CLIPRankScorer
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'grape_hf' has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""Prompt templates that turn a user query into the rewriter's chat messages.
+
+Templates are data (``prompts.json``): one per distribution shift GRAPE handles. A run may bring its own
+template; the trained rewriter stores the one it was trained with so the pipeline reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+_TEMPLATES_FILE = Path(__file__).with_name("prompts.json")
+
+
+@lru_cache(maxsize=1)
+def _builtin_templates() -> dict[str, dict]:
+    return json.loads(_TEMPLATES_FILE.read_text())
+
+
+def available_shifts() -> list[str]:
+    """Names of the built-in shift kinds, e.g. `["multilingual", "long_form", "composed"]`."""
+    return list(_builtin_templates())
+
+
+@dataclass
+class PromptTemplate:
+    """A chat prompt for the rewriter.
+
+    Args:
+        user (`str`):
+            The user turn. `{query}` is replaced by the query; `{reference}` (composed queries) by the reference
+            item's caption.
+        system (`str`, *optional*):
+            The system turn, if any.
+        shift (`str`, *optional*):
+            The shift kind this template was written for (informational).
+
+    Example:
+    ```python
+    >>> from grape_hf.prompts import get_prompt_template
+    >>> template = get_prompt_template("multilingual")
+    >>> template.build_messages("Ein Hund rennt.")[-1]["content"].endswith("Ein Hund rennt.")
+    True
+    ```
+    """
+
+    user: str
+    system: str | None = None
+    shift: str | None = None
+
+    def __post_init__(self):
+        if "{query}" not in self.user:
+            raise ValueError(f"The prompt template's user turn must contain '{{query}}'; got {self.user!r}.")
+
+    @property
+    def needs_reference(self) -> bool:
+        return "{reference}" in self.user
+
+    def build_messages(self, query: str, reference: str | None = None) -> list[dict[str, str]]:
+        """Return the conversation (`[{"role": ..., "content": ...}, ...]`) for one query."""
+        if self.needs_reference and reference is None:
+            raise ValueError(
+                f"The {self.shift or 'given'!s} prompt template needs a reference caption (it contains "
+                "'{reference}'); pass `reference=`."
+            )
+        content = self.user.replace("{query}", query).replace("{reference}", reference or "")
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": content})
+        return messages
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PromptTemplate:
+        return cls(user=data["user"], system=data.get("system"), shift=data.get("shift"))
+
+
+def get_prompt_template(shift: str = "multilingual", template: str | dict | PromptTemplate | None = None) -> PromptTemplate:
+    """Return the prompt template for a shift kind, or the user's own.
+
+    Args:
+        shift (`str`, *optional*, defaults to `"multilingual"`):
+            One of [`available_shifts`].
+        template (`str`, `dict` or [`PromptTemplate`], *optional*):
+            A user turn containing `{query}`, a dict with `user`/`system` keys, or a path to a JSON file holding such
+            a dict. Overrides the built-in template of `shift`.
+    """
+    if isinstance(template, PromptTemplate):
+        return template
+    if isinstance(template, dict):
+        return PromptTemplate.from_dict({"shift": shift, **template})
+    if isinstance(template, str):
+        path = Path(template)
+        if template.endswith(".json") and path.is_file():
+            return PromptTemplate.from_dict({"shift": shift, **json.loads(path.read_text())})
+        return PromptTemplate(user=template, shift=shift)
+    builtin = _builtin_templates()
+    if shift not in builtin:
+        raise ValueError(f"Unknown shift kind {shift!r}; choose one of {sorted(builtin)}.")
+    data = builtin[shift]
+    return PromptTemplate(user=data["user"], system=data.get("system"), shift=shift)
