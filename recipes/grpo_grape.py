@@ -1,0 +1,17 @@
+"""Train a GRAPE query rewriter with TRL's GRPOTrainer.
+
+    accelerate launch --config_file recipes/accelerate_configs/cpu.yaml \
+        recipes/grpo_grape.py --config recipes/SmolLM2-135M-Instruct/grape/config_multi30k_de_demo.yaml
+
+Any field of the YAML can be overridden on the command line (`--max_steps 50`).
+"""
+
+from trl import GRPOConfig, ModelConfig, TrlParser
+
+from grape_hf import GRAPEScriptArguments
+from grape_hf.grpo import main
+
+if __name__ == "__main__":
+    parser = TrlParser((GRAPEScriptArguments, GRPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    main(script_args, training_args, model_args)

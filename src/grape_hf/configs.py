@@ -1,0 +1,85 @@
+"""The GRAPE script arguments, parsed by TRL's `TrlParser` next to `GRPOConfig` and `ModelConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ScriptArguments
+
+from .prompts import available_shifts
+from .retrievers import parse_retriever_spec
+from .rewards import resolve_reward_variant
+
+
+@dataclass
+class GRAPEScriptArguments(ScriptArguments):
+    """Arguments of the GRAPE recipe: the data, the frozen retriever, the reward and the evaluation.
+
+    `dataset_name` is a Multi30k folder (e.g. `../shared/data/multi30k`), a local `datasets` folder or a Hub dataset
+    id with query splits (`query`, `target_id`) and corpus splits (`<split>_corpus` or `corpus`).
+
+    Example:
+    ```python
+    >>> from grape_hf import GRAPEScriptArguments
+    >>> GRAPEScriptArguments(dataset_name="../shared/data/multi30k", reward_funcs=["rank"]).retriever
+    'sentence-transformers:all-MiniLM-L6-v2'
+    ```
+    """
+
+    dataset_test_split: str = field(default="validation", metadata={"help": "The evaluation split."})
+    retriever: str = field(
+        default="sentence-transformers:all-MiniLM-L6-v2",
+        metadata={"help": "The frozen retriever: 'open_clip:<arch>[@<pretrained>]', 'hf-clip:<name or path>' or "
+                  "'sentence-transformers:<name or path>'."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["rank"],
+        metadata={"help": "Reward variants: 'rank' (GRAPE), 'similarity', 'margin', or dotted paths to functions of "
+                  "RankStats."},
+    )
+    relative_reward: bool = field(
+        default=False, metadata={"help": "Reward the rewrite's improvement over the original query."}
+    )
+    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+    query_column: str = field(default="query", metadata={"help": "Column of the original query."})
+    target_column: str = field(default="target_id", metadata={"help": "Column of the right corpus id(s)."})
+    reference_column: str = field(
+        default="reference", metadata={"help": "Column of the reference caption, for composed queries."}
+    )
+    corpus_column: str | None = field(default=None, metadata={"help": "Corpus column ('text' or 'image')."})
+    multi30k_task: str = field(default="task2", metadata={"help": "Multi30k task folder: 'task1' or 'task2'."})
+    query_lang: str = field(default="de", metadata={"help": "Multi30k query language."})
+    corpus_lang: str = field(default="en", metadata={"help": "Multi30k corpus language."})
+    max_train_images: int | None = field(
+        default=1000, metadata={"help": "Multi30k: images (and so corpus items) kept for training."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Training queries kept."})
+    max_eval_images: int | None = field(default=None, metadata={"help": "Multi30k: images kept for evaluation."})
+    max_eval_samples: int | None = field(default=200, metadata={"help": "Evaluation queries kept (corpus stays whole)."})
+    corpus_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to cache corpus embeddings; defaults to grape_hf's cache folder."}
+    )
+    sampled_negatives: int | None = field(
+        default=None, metadata={"help": "Rank among this many sampled negatives instead of the whole corpus."}
+    )
+    evaluate_before_after: bool = field(
+        default=True, metadata={"help": "Evaluate on the test split before and after training and print the table."}
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Generation batch size of the evaluation."})
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        if self.shift not in available_shifts():
+            raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        for name in self.reward_funcs:
+            resolve_reward_variant(name)
+        parse_retriever_spec(self.retriever)
+        if self.dataset_name is None:
+            raise ValueError("dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id.")
