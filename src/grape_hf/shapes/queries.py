@@ -1,0 +1,168 @@
+"""Query sets with exact ground truth over a shapes corpus: in-distribution, and three shifts.
+
+- `in_distribution`: each image's canonical English caption (what the retriever was trained on).
+- `multilingual`: the caption in German, French, Spanish and Chinese (one query per image and language).
+- `long_form`: a chatty 100+ token description whose start names (almost) nothing (`long_form.py`).
+- `composed`: a reference image's caption plus an edit; the target is the edited scene (`composed.py`). The
+  corpus holds, for each query, the reference, the target and a second edit of the reference as a hard negative.
+
+Every corpus caption is unique, so `target_id` is the one right answer.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .composed import apply_random_edit
+from .languages import SHIFT_LANGUAGES, describe
+from .long_form import long_form_description
+from .world import IMAGE_SIZE, Scene, generate_scenes, sample_scene
+
+SHIFTS = ("in_distribution", "multilingual", "long_form", "composed")
+
+
+def _check_shift(shift: str) -> None:
+    if shift not in SHIFTS:
+        raise ValueError(f"Unknown shapes shift {shift!r}; choose one of {list(SHIFTS)}.")
+
+
+def _composed(num_images: int, num_queries: int, seed: int) -> tuple[list[dict], list[Scene]]:
+    if 3 * num_queries > num_images:
+        raise ValueError(
+            f"A composed corpus holds 3 images per query (reference, target, hard negative): {num_queries} queries "
+            f"need at least {3 * num_queries} images, not {num_images}. Lower num_queries or raise num_images."
+        )
+    rng = random.Random(f"composed-{seed}")
+    scenes: list[Scene] = []
+    seen: set = set()
+    pairs = []
+    while len(pairs) < num_queries:
+        reference = sample_scene(rng)
+        edit = apply_random_edit(reference, rng)
+        negative = apply_random_edit(reference, rng)
+        keys = [reference.key, edit.target.key, negative.target.key]
+        if len(set(keys)) < 3 or seen.intersection(keys):
+            continue
+        seen.update(keys)
+        pairs.append((len(scenes), len(scenes) + 1, edit))
+        scenes += [reference, edit.target, negative.target]
+    scenes += generate_scenes(num_images - len(scenes), seed=rng.getrandbits(32), exclude=seen)
+    # Shuffle so that a target's id says nothing about its reference's.
+    order = list(range(len(scenes)))
+    rng.shuffle(order)
+    new_id = {old: new for new, old in enumerate(order)}
+    corpus = [scenes[old] for old in order]
+    rows = [
+        {
+            "query": edit.text,
+            "target_id": new_id[target],
+            "shift": "composed",
+            "reference_id": new_id[reference],
+            "reference": corpus[new_id[reference]].caption,
+            "edit_kind": edit.kind,
+        }
+        for reference, target, edit in pairs
+    ]
+    return rows, corpus
+
+
+def build_shift(
+    shift: str,
+    num_images: int = 1000,
+    seed: int = 1,
+    num_queries: int | None = None,
+    languages: tuple[str, ...] = SHIFT_LANGUAGES,
+) -> tuple[list[dict], list[Scene]]:
+    """The queries (as rows) and the corpus scenes of a shift, in plain Python; `build_shift_dataset` wraps it.
+
+    Args:
+        shift (`str`): One of `SHIFTS`: `in_distribution`, `multilingual`, `long_form`, `composed`.
+        num_images (`int`, *optional*, defaults to `1000`): Corpus size.
+        seed (`int`, *optional*, defaults to `1`): Seed of the corpus and the queries. `benchmarks/train_shapes_clip.py`
+            trains on seed 0's stream; evaluate on other seeds.
+        num_queries (`int`, *optional*): Queries per language (multilingual) or in all. Defaults to one per image,
+            and to `num_images // 4` for `composed`.
+        languages (`tuple[str, ...]`, *optional*, defaults to `("de", "fr", "es", "zh")`): Languages of the
+            multilingual shift.
+
+    Returns:
+        `tuple[list[dict], list[Scene]]`: rows with `query`, `target_id` (index into the corpus) and `shift` (plus
+        `language` for multilingual; `reference_id`, `reference` and `edit_kind` for composed), and the corpus.
+
+    Example:
+    ```python
+    >>> from grape_hf.shapes import build_shift
+    >>> rows, corpus = build_shift("multilingual", num_images=10, seed=1, languages=("de",))
+    >>> rows[0]["language"], len(rows), len(corpus)
+    ('de', 10, 10)
+    ```
+    """
+    _check_shift(shift)
+    if shift == "composed":
+        return _composed(num_images, num_images // 4 if num_queries is None else num_queries, seed)
+    corpus = generate_scenes(num_images, seed=seed)
+    count = num_images if num_queries is None else num_queries
+    if count > num_images:
+        raise ValueError(f"num_queries={count} is more than the corpus ({num_images} images) has captions for.")
+    rng = random.Random(f"{shift}-{seed}")
+    targets = sorted(rng.sample(range(num_images), count)) if count < num_images else list(range(num_images))
+    if shift == "in_distribution":
+        return [{"query": corpus[i].caption, "target_id": i, "shift": shift} for i in targets], corpus
+    if shift == "long_form":
+        return [
+            {"query": long_form_description(corpus[i], rng), "target_id": i, "shift": shift} for i in targets
+        ], corpus
+    return [
+        {"query": describe(corpus[i], language), "target_id": i, "shift": shift, "language": language}
+        for language in languages
+        for i in targets
+    ], corpus
+
+
+def corpus_dataset(scenes: list[Scene], image_size: int = IMAGE_SIZE):
+    """A `datasets.Dataset` of the rendered corpus: columns `id`, `image` (PIL) and `caption`."""
+    from datasets import Dataset, Features, Image, Value
+
+    features = Features({"id": Value("int64"), "image": Image(), "caption": Value("string")})
+    return Dataset.from_dict(
+        {
+            "id": list(range(len(scenes))),
+            "image": [scene.render(image_size) for scene in scenes],
+            "caption": [scene.caption for scene in scenes],
+        },
+        features=features,
+    )
+
+
+def build_shift_dataset(
+    shift: str,
+    num_images: int = 1000,
+    seed: int = 1,
+    num_queries: int | None = None,
+    languages: tuple[str, ...] = SHIFT_LANGUAGES,
+    image_size: int = IMAGE_SIZE,
+):
+    """A shapes query set with exact ground truth, as a `datasets.DatasetDict` with two splits.
+
+    - `queries`: `query`, `target_id` (index into `corpus`), `shift`; plus `language` (multilingual), or
+      `reference_id`, `reference` (the reference image's caption) and `edit_kind` (composed).
+    - `corpus`: `id`, `image` (a PIL image), `caption` (the canonical English caption).
+
+    Args: as in `build_shift`, plus `image_size` (`int`, *optional*, defaults to `64`).
+
+    Example:
+    ```python
+    >>> from grape_hf.shapes import build_shift_dataset
+    >>> data = build_shift_dataset("composed", num_images=12, seed=1)
+    >>> row = data["queries"][0]
+    >>> sorted(row)
+    ['edit_kind', 'query', 'reference', 'reference_id', 'shift', 'target_id']
+    >>> data["corpus"][row["reference_id"]]["caption"] == row["reference"]
+    True
+    ```
+    """
+    from datasets import Dataset, DatasetDict
+
+    rows, scenes = build_shift(shift, num_images, seed, num_queries, languages)
+    queries = Dataset.from_dict({column: [row[column] for row in rows] for column in rows[0]})
+    return DatasetDict({"queries": queries, "corpus": corpus_dataset(scenes, image_size)})
