@@ -1,0 +1,30 @@
+# `make demo`: set up .venv and run the offline default GRAPE job (train, then evaluate before/after).
+# `make test`: set up .venv and run the test-suite. `make quality`: ruff.
+.PHONY: setup demo test test-slow quality style
+
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/accelerate launch --config_file recipes/accelerate_configs/cpu.yaml \
+		recipes/grpo_grape.py --config recipes/SmolLM2-135M-Instruct/grape/config_multi30k_de_demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+quality: setup
+	$(BIN)/ruff check src tests recipes benchmarks
+	$(BIN)/ruff format --check src tests recipes benchmarks
+
+style: setup
+	$(BIN)/ruff check --fix src tests recipes benchmarks
+	$(BIN)/ruff format src tests recipes benchmarks

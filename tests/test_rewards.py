@@ -1,0 +1,119 @@
+import math
+import pickle
+
+import pytest
+import torch
+
+from grape_hf import CLIPRankScorer, GRAPERewardFunction, get_reward_funcs
+from grape_hf.rewards import LOWEST_REWARD, REWARD_VARIANTS, resolve_reward_variant
+
+CORPUS = ["a dog runs on the grass", "two men play chess in a park", "a red car drives through snow",
+          "a woman reads a book on a bench"]
+
+
+@pytest.fixture
+def scorer(minilm):
+    return CLIPRankScorer(minilm, CORPUS, show_progress_bar=False)
+
+
+def custom_reward(stats):
+    """A user's own variant, resolved by dotted path."""
+    return -stats.ranks.float()
+
+
+def test_rank_reward_formula(scorer):
+    reward = GRAPERewardFunction(scorer, reward="rank")
+    completions = ["two men play chess in a park", "a dog", "a red car drives through snow"]
+    targets = [1, 1, 1]
+    ranks = scorer.ranks(completions, targets).tolist()
+    assert ranks[0] == 1 and ranks[1] > 1
+    expected = [1 / math.log2(1 + r) for r in ranks]
+    assert reward(prompts=["p"] * 3, completions=completions, target_id=targets) == pytest.approx(expected)
+    assert reward.__name__ == "grape_rank"
+
+
+def test_similarity_and_margin(scorer):
+    completions = ["men playing chess", "a car"]
+    stats = scorer.rank_stats(completions, [1, 1])
+    sim = GRAPERewardFunction(scorer, reward="similarity")(completions=completions, target_id=[1, 1])
+    assert sim == pytest.approx(stats.target_similarity.tolist(), abs=1e-6)
+    margin = GRAPERewardFunction(scorer, reward="margin")(completions=completions, target_id=[1, 1])
+    assert margin == pytest.approx((stats.target_similarity - stats.topk_nontarget_similarity).tolist(), abs=1e-6)
+    assert margin[0] > 0 > margin[1]
+
+
+@pytest.mark.parametrize("variant", sorted(REWARD_VARIANTS))
+def test_empty_completion_gets_the_lowest_reward_not_an_error(scorer, variant):
+    reward = GRAPERewardFunction(scorer, reward=variant)
+    values = reward(completions=["", "   \n", "two men play chess"], target_id=[1, 1, 1])
+    assert values[:2] == [LOWEST_REWARD[variant]] * 2
+    assert values[2] > LOWEST_REWARD[variant]
+    all_empty = reward(completions=["", ""], target_id=[0, 1])
+    assert all_empty == [LOWEST_REWARD[variant]] * 2
+
+
+def test_conversational_completions_and_multi_target(scorer):
+    reward = GRAPERewardFunction(scorer, reward="rank")
+    completions = [[{"role": "assistant", "content": "a dog on the grass"}], [{"role": "assistant", "content": ""}]]
+    assert reward(completions=completions, target_id=[[2, 0], 0]) == [1.0, 0.0]
+
+
+def test_metrics_are_logged_through_log_metric(scorer):
+    logged = {}
+    reward = GRAPERewardFunction(scorer, reward="rank")
+    reward(completions=["two men play chess", "a dog", ""], target_id=[1, 1, 1],
+           log_metric=lambda name, value: logged.__setitem__(name, value))
+    expected_keys = {f"grape/{k}" for k in ("mean_rank", "recall@1", "recall@5", "recall@10", "mrr",
+                                           "target_similarity", "nontarget_similarity", "empty_fraction")}
+    assert set(logged) == expected_keys
+    assert logged["grape/recall@1"] == 0.5 and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
+    assert logged == reward.last_metrics
+
+
+def test_relative_reward_subtracts_the_original(scorer):
+    base = GRAPERewardFunction(scorer, reward="margin")
+    relative = GRAPERewardFunction(scorer, reward="margin", relative=True)
+    completions = ["men playing chess", "a car in the snow"]
+    originals = ["Zwei Männer spielen Schach"] * 2
+    absolute = base(completions=completions, target_id=[1, 1])
+    original = base(completions=originals[:1], target_id=[1])[0]
+    got = relative(completions=completions, target_id=[1, 1], query=originals)
+    assert got == pytest.approx([a - original for a in absolute], abs=1e-6)
+    assert relative.__name__ == "grape_margin_relative"
+    with pytest.raises(ValueError, match="original query in column 'query'"):
+        relative(completions=completions, target_id=[1, 1])
+
+
+def test_never_nan(scorer):
+    def nan_variant(stats):
+        return torch.full_like(stats.target_similarity, float("nan"))
+
+    reward = GRAPERewardFunction(scorer, reward=nan_variant, lowest_reward=-3.0)
+    assert reward(completions=["a", "b"], target_id=[0, 1]) == [-3.0, -3.0]
+
+
+def test_bad_inputs(scorer):
+    reward = GRAPERewardFunction(scorer)
+    with pytest.raises(ValueError, match="no target column 'target_id'.*'image_id'"):
+        reward(completions=["a"], image_id=[0])
+    with pytest.raises(ValueError, match="target_id 9 is outside the corpus \\(4 items\\)"):
+        reward(completions=["a"], target_id=[9])
+    with pytest.raises(ValueError, match="Unknown reward 'recall'.*'margin', 'rank', 'similarity'"):
+        GRAPERewardFunction(scorer, reward="recall")
+    with pytest.raises(ValueError, match="Cannot import the reward function 'nowhere.fn'"):
+        GRAPERewardFunction(scorer, reward="nowhere.fn")
+
+
+def test_registry_and_dotted_path(scorer):
+    for name in ("rank", "similarity", "margin", "tests.test_rewards.custom_reward"):
+        assert callable(resolve_reward_variant(name)[1])
+    funcs = get_reward_funcs(scorer, ["rank", "tests.test_rewards:custom_reward"])
+    assert [f.__name__ for f in funcs] == ["grape_rank", "grape_custom_reward"]
+    assert funcs[1](completions=["a dog on grass"], target_id=[0]) == [-1.0]
+
+
+def test_picklable(scorer):
+    reward = GRAPERewardFunction(scorer, reward="rank")
+    clone = pickle.loads(pickle.dumps(reward))
+    assert clone.__name__ == "grape_rank"
+    assert clone(completions=["men play chess"], target_id=[1]) == reward(completions=["men play chess"], target_id=[1])

@@ -1,0 +1,136 @@
+import warnings
+
+import pytest
+import torch
+
+from grape_hf import CLIPRankScorer
+
+
+def brute_force_ranks(q, emb, targets):
+    """rank = 1 + number of other items scoring strictly higher; best over the targets."""
+    scores = q @ emb.T
+    out = []
+    for i, ts in enumerate(targets):
+        ts = [ts] if isinstance(ts, int) else ts
+        best = min(1 + sum(1 for j in range(emb.shape[0]) if j != t and scores[i, j] > scores[i, t] + 1e-6) for t in ts)
+        out.append(best)
+    return out
+
+
+@pytest.fixture
+def random_scorer(minilm):
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(103, 384), dim=-1)
+    return CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=10), emb
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 10, 103, 1000])
+def test_ranks_match_brute_force_across_chunk_boundaries(minilm, chunk_size):
+    torch.manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(103, 384), dim=-1)
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
+    q = torch.nn.functional.normalize(torch.randn(12, 384), dim=-1)
+    targets = [0, 6, 7, 9, 10, 50, 99, 100, 101, 102, [3, 70], [102, 0, 55]]
+    assert scorer.ranks(q, targets).tolist() == brute_force_ranks(q, emb, targets)
+
+
+def test_ties_and_duplicates_do_not_push_the_target_down(minilm):
+    emb = torch.nn.functional.normalize(torch.randn(6, 384), dim=-1)
+    emb[3] = emb[1]  # a duplicate of the target
+    emb[4] = emb[1]
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=4)
+    q = emb[1:2].clone()  # the query is the target itself
+    assert scorer.ranks(q, [1]).tolist() == [1]
+    assert scorer.ranks(q, [3]).tolist() == [1]
+    # a query that prefers item 0 puts the target at rank 2, duplicates included
+    q2 = torch.nn.functional.normalize(emb[0] * 2 + emb[1], dim=-1)[None]
+    assert scorer.ranks(q2, [4]).tolist() == brute_force_ranks(q2, scorer.corpus_embeddings, [4]) == [2]
+
+
+def test_rank_stats_similarities(random_scorer):
+    scorer, emb = random_scorer
+    q = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    stats = scorer.rank_stats(q, [5, 17, [20, 21]])
+    scores = q @ emb.T
+    torch.testing.assert_close(stats.target_similarity[:2], torch.stack([scores[0, 5], scores[1, 17]]))
+    mask = torch.ones(103, dtype=torch.bool)
+    mask[5] = False
+    torch.testing.assert_close(stats.nontarget_similarity[0], scores[0, mask].mean(), atol=1e-5, rtol=0)
+    top = scores[0, mask].topk(10).values.mean()
+    torch.testing.assert_close(stats.topk_nontarget_similarity[0], top, atol=1e-5, rtol=0)
+    expected = torch.stack([scores[0, 5], scores[1, 17], scores[2, 20]])
+    torch.testing.assert_close(scorer.similarities(q, [5, 17, 20]), expected)
+
+
+def test_search_matches_full_topk(random_scorer):
+    scorer, emb = random_scorer
+    q = torch.nn.functional.normalize(torch.randn(4, 384), dim=-1)
+    scores, ids = scorer.search(q, k=15)
+    full = (q @ emb.T).topk(15)
+    assert ids.tolist() == full.indices.tolist()
+    torch.testing.assert_close(scores, full.values)
+
+
+def test_real_text_corpus_with_minilm(minilm):
+    corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car drives through snow"]
+    scorer = CLIPRankScorer(minilm, corpus, show_progress_bar=False)
+    assert scorer.ranks(["men playing a board game", "a puppy on a lawn"], [1, 0]).tolist() == [1, 1]
+    q = minilm.encode_text(["a puppy on a lawn"])
+    assert scorer.ranks(["a puppy on a lawn"], [2]).tolist() == brute_force_ranks(q, scorer.corpus_embeddings, [2])
+    assert scorer.ranks(["a puppy on a lawn"], [2]).item() > 1
+
+
+def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
+    corpus = ["a cat", "a dog", "a bird"]
+    first = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+    files = list(tmp_path.glob("corpus-*.safetensors"))
+    assert len(files) == 1
+    # A cache hit must not re-embed: prove it by planting different (valid) embeddings in the file.
+    from safetensors.torch import save_file
+
+    planted = torch.nn.functional.normalize(torch.ones(3, 384), dim=-1)
+    save_file({"embeddings": planted}, str(files[0]), metadata={"spec": minilm.spec})
+    assert torch.equal(CLIPRankScorer(minilm, corpus, cache_dir=tmp_path).corpus_embeddings, planted)
+    # Another corpus gets another file.
+    CLIPRankScorer(minilm, corpus + ["a fish"], cache_dir=tmp_path, show_progress_bar=False)
+    assert len(list(tmp_path.glob("corpus-*.safetensors"))) == 2
+    # Corrupted: rebuilt with a warning.
+    files[0].write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+    torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
+    # Mismatched shape: rebuilt with a warning.
+    save_file({"embeddings": torch.ones(3, 8)}, str(files[0]), metadata={"spec": minilm.spec})
+    with pytest.warns(UserWarning, match="re-embedding"):
+        again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+    torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
+
+
+def test_sampled_negatives_mode(random_scorer, minilm):
+    _, emb = random_scorer
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=20, seed=3)
+    q = emb[[4, 8]] + 0.01
+    stats = scorer.rank_stats(q, [4, 8])
+    assert stats.corpus_size == 21
+    assert stats.ranks.tolist() == [1, 1]
+    far = -emb[[4]]  # the query points away from the target: every negative beats it
+    assert scorer.ranks(far, [4]).tolist() == [21]
+
+
+def test_bad_inputs(minilm):
+    with pytest.raises(ValueError, match="corpus is empty"):
+        CLIPRankScorer(minilm, [])
+    scorer = CLIPRankScorer(minilm, ["a", "b"], show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"target_id 1200 is outside the corpus \(2 items\)"):
+        scorer.ranks(["a"], [1200])
+    with pytest.raises(ValueError, match="target_id -1"):
+        scorer.ranks(["a"], [-1])
+    with pytest.raises(ValueError, match="2 target ids for 1 queries"):
+        scorer.ranks(["a"], [0, 1])
+    with pytest.raises(ValueError, match="have size 8 but retriever .* embeds to 384"):
+        CLIPRankScorer.from_embeddings(minilm, torch.ones(4, 8))
+    with pytest.raises(ValueError, match="strings or PIL images"):
+        CLIPRankScorer(minilm, [1, 2], cache_dir="/tmp/unused-grape-cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CLIPRankScorer.from_embeddings(minilm, torch.ones(2, 384))
