@@ -107,8 +107,8 @@ class CLIPRankScorer:
     >>> retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     >>> corpus = ["a dog runs on the grass", "two men play chess", "a red car in the snow"]
     >>> scorer = CLIPRankScorer(retriever, corpus, show_progress_bar=False)
-    >>> scorer.ranks(["Schach spielende Männer", "men playing a board game"], [1, 1]).tolist()
-    [2, 1]
+    >>> scorer.ranks(["men playing a board game", "a dog on a lawn"], [1, 1]).tolist()
+    [1, 3]
     ```
     """
 
