@@ -99,8 +99,12 @@ def load_rewriter_model(name_or_path: str, torch_dtype: torch.dtype | None = Non
                 f"folder (expected {list(_ADAPTER_FILES)}); it holds {found}."
             )
         config = RewriterConfig.load(local)
+        adapter_subfolder = _pointer_adapter_subfolder(local)
+        has_adapter = has_adapter or adapter_subfolder is not None
     else:
-        has_adapter = _hub_has_file(name_or_path, _ADAPTER_FILES[0])
+        # A rewriter published by grape_hf.hub keeps its adapter in adapter/ (see grape_hf.pipeline).
+        adapter_subfolder = "adapter" if _hub_has_file(name_or_path, "adapter/" + _ADAPTER_FILES[0]) else None
+        has_adapter = adapter_subfolder is not None or _hub_has_file(name_or_path, _ADAPTER_FILES[0])
         config = _hub_rewriter_config(name_or_path)
         resolved = resolve_model_path(name_or_path)
         local = Path(resolved)
@@ -108,11 +112,12 @@ def load_rewriter_model(name_or_path: str, torch_dtype: torch.dtype | None = Non
     if has_adapter:
         from peft import PeftConfig, PeftModel
 
-        peft_config = PeftConfig.from_pretrained(str(local))
+        adapter_kwargs = {"subfolder": adapter_subfolder} if adapter_subfolder else {}
+        peft_config = PeftConfig.from_pretrained(str(local), **adapter_kwargs)
         base = resolve_model_path(peft_config.base_model_name_or_path)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype or torch.float32)
-        model = PeftModel.from_pretrained(model, str(local))
-        tokenizer_source = local if (local / "tokenizer_config.json").is_file() else base
+        model = PeftModel.from_pretrained(model, str(local), **adapter_kwargs)
+        tokenizer_source = local if _hub_or_local_has(local, "tokenizer_config.json") else base
     else:
         model = AutoModelForCausalLM.from_pretrained(str(local), dtype=torch_dtype or torch.float32)
         tokenizer_source = local
@@ -121,6 +126,19 @@ def load_rewriter_model(name_or_path: str, torch_dtype: torch.dtype | None = Non
         model.to(device)
     model.eval()
     return model, tokenizer, config
+
+
+def _pointer_adapter_subfolder(folder: Path) -> str | None:
+    """The adapter's subfolder when `config.json` is grape_hf's pointer to it (model type `grape_rewriter`)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data.get("adapter_subfolder", "adapter") if data.get("model_type") == "grape_rewriter" else None
+
+
+def _hub_or_local_has(source: Path, filename: str) -> bool:
+    return (source / filename).is_file() or (not source.exists() and _hub_has_file(str(source), filename))
 
 
 def _hub_has_file(repo_id: str, filename: str) -> bool:
