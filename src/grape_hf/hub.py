@@ -167,9 +167,15 @@ def build_model_card(
         training=config.get("training") or {},
         evaluation=evaluation,
         evaluation_rows=rows,
-        example_query=_EXAMPLE_QUERIES.get(shift or "", _EXAMPLE_QUERIES["multilingual"]),
-        example_reference="a brown dog runs on the grass" if "{reference}" in prompt["user"] else None,
+        example_query=_literal(_EXAMPLE_QUERIES.get(shift or "", _EXAMPLE_QUERIES["multilingual"])),
+        example_reference=_literal("a brown dog runs on the grass") if "{reference}" in prompt["user"] else None,
+        retriever_literal=_literal(config.get("retriever") or "sentence-transformers:all-MiniLM-L6-v2"),
     )
+
+
+def _literal(text: str) -> str:
+    """A Python string literal for the usage snippets, readable (non-ASCII kept as is)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _fmt(value: Any) -> str:
