@@ -181,23 +181,18 @@ class GRAPERewritePipeline(Pipeline):
     kind (`"multilingual"`, `"long_form"`, `"composed"`) or `prompt=` gives one (`{"user": ..., "system": ...}`, the
     user turn containing `{query}`, and `{reference}` for composed queries, which then need `reference=`).
 
-    Args (call):
-        queries (`str` or `list[str]`): The queries.
-        reference (`str` or `list[str]`, *optional*): The reference item's caption per query (composed queries).
-        shift (`str`, *optional*): A built-in prompt kind.
-        prompt (`str` or `dict`, *optional*): A prompt of your own.
-        num_rewrites (`int`, *optional*, defaults to `1`): Rewrites per query; more than one are sampled.
-        batch_size (`int`, *optional*, defaults to `16`): Queries generated together.
-        **generate_kwargs: Generation settings (`max_new_tokens`, `temperature`, `top_p`, `do_sample`, ...).
-
     Example:
     ```python
     >>> import grape_hf  # registers "grape-rewrite"
     >>> from transformers import pipeline
-    >>> rewriter = pipeline("grape-rewrite", model="path/to/rewriter", device="cpu")  # doctest: +SKIP
-    >>> rewriter("Ein Hund rennt über eine Wiese.")  # doctest: +SKIP
-    {'query': 'Ein Hund rennt über eine Wiese.', 'rewrites': ['A dog runs across a meadow.'], 'rewrite': 'A dog runs
-    across a meadow.', 'prompt': '<|im_start|>system...'}
+    >>> from grape_hf.models import resolve_model_path
+    >>> path = resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")  # offline: the local copy
+    >>> rewriter = pipeline("grape-rewrite", model=path, device="cpu")
+    >>> out = rewriter(["Ein Hund rennt über eine Wiese.", " "], max_new_tokens=16)
+    >>> sorted(out[0])
+    ['prompt', 'query', 'rewrite', 'rewrites']
+    >>> out[1]
+    {'query': ' ', 'rewrites': [' '], 'rewrite': ' ', 'prompt': None, 'empty': True}
     ```
     """
 
@@ -287,6 +282,21 @@ class GRAPERewritePipeline(Pipeline):
         return "template" in getattr(self, "_preprocess_params", {})
 
     def __call__(self, queries: str | list[str], reference: str | list[str] | None = None, **kwargs):
+        """Rewrite one query or a list of them.
+
+        Args:
+            queries (`str` or `list[str]`): The queries.
+            reference (`str` or `list[str]`, *optional*): The reference item's caption per query (composed queries).
+            shift (`str`, *optional*): A built-in prompt kind instead of the trained prompt.
+            prompt (`str` or `dict`, *optional*): A prompt of your own.
+            num_rewrites (`int`, *optional*, defaults to `1`): Rewrites per query; more than one are sampled.
+            batch_size (`int`, *optional*, defaults to `16`): Queries generated together (left padding).
+            **generate_kwargs: Generation settings (`max_new_tokens`, `temperature`, `top_p`, `do_sample`, ...).
+
+        Returns:
+            `dict` for a string, `list[dict]` for a list: `{"query", "rewrites", "rewrite", "prompt"}` (and
+            `"empty": True` for a blank query, returned unchanged).
+        """
         single = isinstance(queries, str)
         batch = [queries] if single else queries
         if not isinstance(batch, (list, tuple)):
