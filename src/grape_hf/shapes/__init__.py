@@ -8,8 +8,8 @@ Example:
 ```python
 >>> from grape_hf.shapes import build_shift
 >>> rows, corpus = build_shift("multilingual", num_images=3, seed=1, languages=("de",))
->>> corpus[rows[0]["target_id"]].caption == rows[0]["query"]
-False
+>>> rows[0]["query"], corpus[rows[0]["target_id"]].caption
+('ein großes rotes Dreieck oben', 'a large red triangle at the top')
 ```
 """
 
