@@ -117,6 +117,10 @@ def test_prompt_templates():
     own = get_prompt_template("multilingual", "Rewrite: {query}")
     assert own.build_messages("x") == [{"role": "user", "content": "Rewrite: x"}]
     assert PromptTemplate.from_dict(composed.to_dict()) == composed
+    few = get_prompt_template("multilingual", {"user": "DE: {query}", "examples": [{"query": "Hund", "rewrite": "dog"}]})
+    assert [m["role"] for m in few.build_messages("Katze")] == ["user", "assistant", "user"]
+    assert few.build_messages("Katze")[:2] == [{"role": "user", "content": "DE: Hund"}, {"role": "assistant", "content": "dog"}]
+    assert PromptTemplate.from_dict(few.to_dict()) == few
 
 
 def test_doc_examples_run():

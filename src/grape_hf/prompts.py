@@ -36,6 +36,9 @@ class PromptTemplate:
             The system turn, if any.
         shift (`str`, *optional*):
             The shift kind this template was written for (informational).
+        examples (`list[dict]`, *optional*):
+            Few-shot demonstrations, each `{"query": ..., "rewrite": ...}` (and `"reference"` for composed
+            queries), rendered as earlier user/assistant turns.
 
     Example:
     ```python
@@ -49,6 +52,7 @@ class PromptTemplate:
     user: str
     system: str | None = None
     shift: str | None = None
+    examples: list[dict] | None = None
 
     def __post_init__(self):
         if "{query}" not in self.user:
@@ -65,17 +69,25 @@ class PromptTemplate:
                 f"The {self.shift or 'given'!s} prompt template needs a reference caption (it contains "
                 "'{reference}'); pass `reference=`."
             )
-        content = self.user.replace("{query}", query).replace("{reference}", reference or "")
         messages = [{"role": "system", "content": self.system}] if self.system else []
-        messages.append({"role": "user", "content": content})
+        for example in self.examples or []:
+            messages.append({"role": "user", "content": self._render(example["query"], example.get("reference"))})
+            messages.append({"role": "assistant", "content": example["rewrite"]})
+        messages.append({"role": "user", "content": self._render(query, reference)})
         return messages
 
+    def _render(self, query: str, reference: str | None) -> str:
+        return self.user.replace("{query}", query).replace("{reference}", reference or "")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not data["examples"]:
+            data.pop("examples")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptTemplate:
-        return cls(user=data["user"], system=data.get("system"), shift=data.get("shift"))
+        return cls(user=data["user"], system=data.get("system"), shift=data.get("shift"), examples=data.get("examples"))
 
 
 def get_prompt_template(shift: str = "multilingual", template: str | dict | PromptTemplate | None = None) -> PromptTemplate:
@@ -100,5 +112,4 @@ def get_prompt_template(shift: str = "multilingual", template: str | dict | Prom
     builtin = _builtin_templates()
     if shift not in builtin:
         raise ValueError(f"Unknown shift kind {shift!r}; choose one of {sorted(builtin)}.")
-    data = builtin[shift]
-    return PromptTemplate(user=data["user"], system=data.get("system"), shift=shift)
+    return PromptTemplate.from_dict({"shift": shift, **builtin[shift]})
