@@ -56,10 +56,30 @@ class Budget:
     train_images: int
 
 
-FULL = Budget(eval_queries=None, curve_queries=100, select_queries=100, sft_steps=120, sft_batch=16, grpo_steps=40,
-              grpo_prompts=4, grpo_generations=4, curve_every=10, train_images=2000)
-QUICK = Budget(eval_queries=60, curve_queries=24, select_queries=24, sft_steps=6, sft_batch=8, grpo_steps=4,
-               grpo_prompts=2, grpo_generations=4, curve_every=2, train_images=200)
+FULL = Budget(
+    eval_queries=None,
+    curve_queries=100,
+    select_queries=100,
+    sft_steps=120,
+    sft_batch=16,
+    grpo_steps=40,
+    grpo_prompts=4,
+    grpo_generations=4,
+    curve_every=10,
+    train_images=2000,
+)
+QUICK = Budget(
+    eval_queries=60,
+    curve_queries=24,
+    select_queries=24,
+    sft_steps=6,
+    sft_batch=8,
+    grpo_steps=4,
+    grpo_prompts=2,
+    grpo_generations=4,
+    curve_every=2,
+    train_images=200,
+)
 
 
 def log(msg: str) -> None:
@@ -80,8 +100,10 @@ def few_shot_candidates() -> dict[str, PromptTemplate]:
     picks = rng.sample(short, 5)
     examples = [{"query": de[i], "rewrite": en[i]} for i in picks]
     base = get_prompt_template("multilingual")
-    caption = {"system": base.system,
-               "user": "Write a short English caption of the image that this German text describes.\n\n{query}"}
+    caption = {
+        "system": base.system,
+        "user": "Write a short English caption of the image that this German text describes.\n\n{query}",
+    }
     return {
         "zero-shot, caption instruction": get_prompt_template("multilingual", caption),
         "3-shot": get_prompt_template("multilingual", {**base.to_dict(), "examples": examples[:3]}),
@@ -120,16 +142,28 @@ def warm_start(out: Path, budget: Budget, template: PromptTemplate) -> Path:
     order = list(range(len(de)))
     random.Random(0).shuffle(order)
     n = budget.sft_steps * budget.sft_batch
-    rows = [{"prompt": template.build_messages(de[i]), "completion": [{"role": "assistant", "content": en[i]}]}
-            for i in order[:n]]
+    rows = [
+        {"prompt": template.build_messages(de[i]), "completion": [{"role": "assistant", "content": en[i]}]}
+        for i in order[:n]
+    ]
     args = SFTConfig(
-        output_dir=str(out / "sft-trainer"), max_steps=budget.sft_steps, per_device_train_batch_size=budget.sft_batch,
-        learning_rate=3e-4, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10, save_strategy="no",
-        report_to="none", use_cpu=True, seed=0, max_length=192,
+        output_dir=str(out / "sft-trainer"),
+        max_steps=budget.sft_steps,
+        per_device_train_batch_size=budget.sft_batch,
+        learning_rate=3e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        max_length=192,
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=resolve_model_path(SMOLLM2_ID), args=args, train_dataset=Dataset.from_list(rows),
-                         peft_config=peft_config)
+    trainer = SFTTrainer(
+        model=resolve_model_path(SMOLLM2_ID), args=args, train_dataset=Dataset.from_list(rows), peft_config=peft_config
+    )
     start = time.time()
     trainer.train()
     trainer.save_model(str(adapter))
@@ -137,8 +171,17 @@ def warm_start(out: Path, budget: Budget, template: PromptTemplate) -> Path:
     return adapter
 
 
-def grpo(out: Path, reward: str, sft_adapter: Path, budget: Budget, template: PromptTemplate, train, train_scorer,
-         curve, val_scorer) -> tuple[Path, dict]:
+def grpo(
+    out: Path,
+    reward: str,
+    sft_adapter: Path,
+    budget: Budget,
+    template: PromptTemplate,
+    train,
+    train_scorer,
+    curve,
+    val_scorer,
+) -> tuple[Path, dict]:
     """GRPO from the warm start with one reward variant; returns the adapter and the per-step curves."""
     run = out / f"grpo-{reward}"
     if (run / "curves.json").is_file():
@@ -153,18 +196,38 @@ def grpo(out: Path, reward: str, sft_adapter: Path, budget: Budget, template: Pr
     base = resolve_model_path(SMOLLM2_ID)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(sft_adapter), is_trainable=True)
-    callback = RetrievalEvalCallback(val_scorer, curve.queries["query"], curve.queries["target_id"], tokenizer,
-                                     template, eval_steps=budget.curve_every)
-    args = GRPOConfig(
-        output_dir=str(run / "trainer"), max_steps=budget.grpo_steps,
-        per_device_train_batch_size=budget.grpo_prompts * budget.grpo_generations,
-        num_generations=budget.grpo_generations, max_completion_length=32, learning_rate=1e-4,
-        lr_scheduler_type="constant", temperature=1.0, beta=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, seed=0,
+    callback = RetrievalEvalCallback(
+        val_scorer,
+        curve.queries["query"],
+        curve.queries["target_id"],
+        tokenizer,
+        template,
+        eval_steps=budget.curve_every,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[GRAPERewardFunction(train_scorer, reward=reward)], args=args,
-                          train_dataset=to_prompt_dataset(train, template), processing_class=tokenizer,
-                          callbacks=[callback])
+    args = GRPOConfig(
+        output_dir=str(run / "trainer"),
+        max_steps=budget.grpo_steps,
+        per_device_train_batch_size=budget.grpo_prompts * budget.grpo_generations,
+        num_generations=budget.grpo_generations,
+        max_completion_length=32,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        temperature=1.0,
+        beta=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[GRAPERewardFunction(train_scorer, reward=reward)],
+        args=args,
+        train_dataset=to_prompt_dataset(train, template),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
     start = time.time()
     trainer.train()
     seconds = time.time() - start
@@ -237,14 +300,23 @@ def ship(run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, 
         if (run / extra).exists():
             shutil.copy(run / extra, SHIPPED / "TRAINER_README.md")
     RewriterConfig(
-        prompt=template.to_dict(), base_model=SMOLLM2_ID, shift="multilingual", retriever=RETRIEVER,
+        prompt=template.to_dict(),
+        base_model=SMOLLM2_ID,
+        shift="multilingual",
+        retriever=RETRIEVER,
         dataset="Multi30k task2 (German description -> English description of the same image)",
         corpus=f"Multi30k task2 train, English description 1 of {budget.train_images} images",
         reward="rank",
-        training={"warm_start": f"SFT on Multi30k task1 train de->en, {budget.sft_steps} steps x {budget.sft_batch}",
-                  "grpo_steps": budget.grpo_steps, "prompts_per_step": budget.grpo_prompts,
-                  "num_generations": budget.grpo_generations, "learning_rate": 1e-4, "max_completion_length": 32,
-                  "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"}, "command": command},
+        training={
+            "warm_start": f"SFT on Multi30k task1 train de->en, {budget.sft_steps} steps x {budget.sft_batch}",
+            "grpo_steps": budget.grpo_steps,
+            "prompts_per_step": budget.grpo_prompts,
+            "num_generations": budget.grpo_generations,
+            "learning_rate": 1e-4,
+            "max_completion_length": 32,
+            "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
+            "command": command,
+        },
         evaluation=evaluation,
     ).save(SHIPPED)
 
@@ -270,14 +342,22 @@ def main() -> None:
         stage_file.write_text(json.dumps({**results, "_seconds": timings}, indent=2))
         if rewrites is not None:
             (out / f"rewrites_{name.replace(' ', '_').replace(',', '')}.json").write_text(
-                json.dumps(rewrites[:50], indent=1, ensure_ascii=False))
+                json.dumps(rewrites[:50], indent=1, ensure_ascii=False)
+            )
         log(f"{name}: {metrics}")
 
     total = time.time()
     retriever = load_retriever(RETRIEVER)
     cache = cache_home() / "corpus_embeddings"
-    val = load_multi30k(MULTI30K, split="validation", task="task2", query_index=1, corpus_index=1,
-                        max_queries=budget.eval_queries, seed=0)
+    val = load_multi30k(
+        MULTI30K,
+        split="validation",
+        task="task2",
+        query_index=1,
+        corpus_index=1,
+        max_queries=budget.eval_queries,
+        seed=0,
+    )
     val_scorer = CLIPRankScorer(retriever, val.corpus, cache_dir=cache)
     curve = load_multi30k(MULTI30K, split="validation", task="task2", max_queries=budget.curve_queries, seed=1)
     train = load_multi30k(MULTI30K, split="train", task="task2", max_images=budget.train_images, seed=0)
@@ -290,11 +370,20 @@ def main() -> None:
         record("German query as is", *evaluate_method(None, queries, targets, val_scorer)[:1], time.time() - t)
     if "English ceiling" not in results:
         t = time.time()
-        ceiling = load_multi30k(MULTI30K, split="validation", task="task2", query_lang="en", query_index=2,
-                                corpus_index=1, max_queries=budget.eval_queries, seed=0)
+        ceiling = load_multi30k(
+            MULTI30K,
+            split="validation",
+            task="task2",
+            query_lang="en",
+            query_index=2,
+            corpus_index=1,
+            max_queries=budget.eval_queries,
+            seed=0,
+        )
         assert list(ceiling.queries["target_id"]) == targets
-        record("English ceiling", evaluate_retrieval(val_scorer, list(ceiling.queries["query"]), targets),
-               time.time() - t)
+        record(
+            "English ceiling", evaluate_retrieval(val_scorer, list(ceiling.queries["query"]), targets), time.time() - t
+        )
     if "SmolLM2 zero-shot" not in results:
         t = time.time()
         metrics, rewrites = evaluate_method(load_rewriter(None, template), queries, targets, val_scorer)
@@ -303,14 +392,21 @@ def main() -> None:
     best_name = results.get("_best_prompt")
     if "best prompt-only" not in results:
         t = time.time()
-        sel = load_multi30k(MULTI30K, split="train", task="task2", max_images=budget.train_images,
-                            max_queries=budget.select_queries, seed=5)
+        sel = load_multi30k(
+            MULTI30K,
+            split="train",
+            task="task2",
+            max_images=budget.train_images,
+            max_queries=budget.select_queries,
+            seed=5,
+        )
         candidates = few_shot_candidates()
         scores = {}
         for name, cand in candidates.items():
             rw = load_rewriter(None, cand)
-            scores[name] = evaluate_method(rw, list(sel.queries["query"]), list(sel.queries["target_id"]),
-                                           train_scorer)[0]["R@10"]
+            scores[name] = evaluate_method(
+                rw, list(sel.queries["query"]), list(sel.queries["target_id"]), train_scorer
+            )[0]["R@10"]
             log(f"prompt candidate {name!r}: train R@10 {scores[name]}")
         best_name = max(scores, key=scores.get)
         metrics, rewrites = evaluate_method(load_rewriter(None, candidates[best_name]), queries, targets, val_scorer)
@@ -335,26 +431,51 @@ def main() -> None:
             metrics["train_seconds"] = round(curves[reward]["seconds"], 1)
             record(names[reward], metrics, time.time() - t, rewrites)
 
-    order = ["German query as is", "SmolLM2 zero-shot", "best prompt-only", "warm start (SFT)",
-             "GRAPE (GRPO, rank)", "GRPO, similarity", "GRPO, margin", "English ceiling"]
+    order = [
+        "German query as is",
+        "SmolLM2 zero-shot",
+        "best prompt-only",
+        "warm start (SFT)",
+        "GRAPE (GRPO, rank)",
+        "GRPO, similarity",
+        "GRPO, margin",
+        "English ceiling",
+    ]
     final = {k: {m: v for m, v in results[k].items() if isinstance(v, int | float)} for k in order if k in results}
     results_file.write_text(json.dumps(final, indent=2) + "\n")
     tag = "_quick" if args.quick else ""
-    plot(curves, REPO / "benchmarks" / "results" / f"multi30k_de{tag}_r10.png",
-         REPO / "benchmarks" / "results" / f"multi30k_de{tag}_inflation.png")
+    plot(
+        curves,
+        REPO / "benchmarks" / "results" / f"multi30k_de{tag}_r10.png",
+        REPO / "benchmarks" / "results" / f"multi30k_de{tag}_inflation.png",
+    )
     n = len(queries)
     table = markdown_table(final)
     (REPO / "benchmarks" / "results" / f"multi30k_de{tag}.md").write_text(
         f"Multi30k task2 val, {n} German queries, corpus {len(val_scorer)} English descriptions ({RETRIEVER}).\n"
         f"Best prompt-only: {results.get('best prompt-only', {}).get('prompt')}. Stage seconds: {timings}\n\n"
-        + table + "\n")
+        + table
+        + "\n"
+    )
     log(f"total {time.time() - total:.0f} s\n{table}")
     if args.ship and "rank" in curves:
-        evaluation = {"before": final.get("German query as is"), "zero_shot": final.get("SmolLM2 zero-shot"),
-                      "warm_start": final.get("warm start (SFT)"), "after": final.get("GRAPE (GRPO, rank)"),
-                      "split": "validation", "dataset": "Multi30k task2 val (de.1 -> en.1)", "num_queries": n,
-                      "corpus_size": len(val_scorer)}
-        ship(out / "grpo-rank", template, evaluation, budget, "python benchmarks/multi30k_de.py" + (" --quick" * args.quick))
+        evaluation = {
+            "before": final.get("German query as is"),
+            "zero_shot": final.get("SmolLM2 zero-shot"),
+            "warm_start": final.get("warm start (SFT)"),
+            "after": final.get("GRAPE (GRPO, rank)"),
+            "split": "validation",
+            "dataset": "Multi30k task2 val (de.1 -> en.1)",
+            "num_queries": n,
+            "corpus_size": len(val_scorer),
+        }
+        ship(
+            out / "grpo-rank",
+            template,
+            evaluation,
+            budget,
+            "python benchmarks/multi30k_de.py" + (" --quick" * args.quick),
+        )
         log(f"shipped to {SHIPPED}")
 
 

@@ -46,10 +46,12 @@ def test_multi30k_bad_arguments(multi30k_path):
 def test_generic_dataset_from_disk(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    DatasetDict({
-        "train": Dataset.from_dict({"question": ["a", "b"], "doc": [1, 0]}),
-        "corpus": Dataset.from_dict({"text": ["zero", "one"]}),
-    }).save_to_disk(str(tmp_path / "ds"))
+    DatasetDict(
+        {
+            "train": Dataset.from_dict({"question": ["a", "b"], "doc": [1, 0]}),
+            "corpus": Dataset.from_dict({"text": ["zero", "one"]}),
+        }
+    ).save_to_disk(str(tmp_path / "ds"))
     data = load_grape_dataset(str(tmp_path / "ds"), split="train", query_column="question", target_column="doc")
     assert data.corpus == ["zero", "one"] and data.queries["target_id"] == [1, 0]
     with pytest.raises(ValueError, match="no split 'validation'; it has \\['train', 'corpus'\\]"):
@@ -82,9 +84,26 @@ def test_evaluate_and_save(minilm, tmp_path):
 
 def test_cli_evaluate_without_a_rewriter(multi30k_path, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "grape_hf.cli", "evaluate", "--dataset", str(multi30k_path), "--max_images", "50",
-         "--rewriter", "none", "--output_dir", str(tmp_path), "--name", "m30k"],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "GRAPE_HF_CACHE": str(tmp_path)},
+        [
+            sys.executable,
+            "-m",
+            "grape_hf.cli",
+            "evaluate",
+            "--dataset",
+            str(multi30k_path),
+            "--max_images",
+            "50",
+            "--rewriter",
+            "none",
+            "--output_dir",
+            str(tmp_path),
+            "--name",
+            "m30k",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "GRAPE_HF_CACHE": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| original query |" in result.stdout
@@ -94,10 +113,30 @@ def test_cli_evaluate_without_a_rewriter(multi30k_path, tmp_path):
 
 def test_cli_evaluate_with_a_prompt_only_rewriter(tiny_llama_dir, multi30k_path, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "grape_hf.cli", "evaluate", "--dataset", str(multi30k_path), "--max_images", "20",
-         "--max_samples", "4", "--rewriter", "none", "--rewriter", f"tiny={tiny_llama_dir}", "--max_new_tokens", "4",
-         "--shift", "multilingual"],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "GRAPE_HF_CACHE": str(tmp_path)},
+        [
+            sys.executable,
+            "-m",
+            "grape_hf.cli",
+            "evaluate",
+            "--dataset",
+            str(multi30k_path),
+            "--max_images",
+            "20",
+            "--max_samples",
+            "4",
+            "--rewriter",
+            "none",
+            "--rewriter",
+            f"tiny={tiny_llama_dir}",
+            "--max_new_tokens",
+            "4",
+            "--shift",
+            "multilingual",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "GRAPE_HF_CACHE": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| original query |" in result.stdout and "| tiny |" in result.stdout
@@ -117,9 +156,14 @@ def test_prompt_templates():
     own = get_prompt_template("multilingual", "Rewrite: {query}")
     assert own.build_messages("x") == [{"role": "user", "content": "Rewrite: x"}]
     assert PromptTemplate.from_dict(composed.to_dict()) == composed
-    few = get_prompt_template("multilingual", {"user": "DE: {query}", "examples": [{"query": "Hund", "rewrite": "dog"}]})
+    few = get_prompt_template(
+        "multilingual", {"user": "DE: {query}", "examples": [{"query": "Hund", "rewrite": "dog"}]}
+    )
     assert [m["role"] for m in few.build_messages("Katze")] == ["user", "assistant", "user"]
-    assert few.build_messages("Katze")[:2] == [{"role": "user", "content": "DE: Hund"}, {"role": "assistant", "content": "dog"}]
+    assert few.build_messages("Katze")[:2] == [
+        {"role": "user", "content": "DE: Hund"},
+        {"role": "assistant", "content": "dog"},
+    ]
     assert PromptTemplate.from_dict(few.to_dict()) == few
 
 

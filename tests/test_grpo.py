@@ -16,19 +16,33 @@ from grape_hf.prompts import get_prompt_template
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_grpo_trainer_two_steps_changes_parameters_and_logs_grape_metrics(tiny_llama_dir, minilm, multi30k_path, tmp_path):
+def test_grpo_trainer_two_steps_changes_parameters_and_logs_grape_metrics(
+    tiny_llama_dir, minilm, multi30k_path, tmp_path
+):
     from trl import GRPOConfig, GRPOTrainer
 
     data = load_multi30k(multi30k_path, split="validation", max_images=12)
     scorer = CLIPRankScorer(minilm, data.corpus, show_progress_bar=False)
     dataset = to_prompt_dataset(data, get_prompt_template("multilingual"))
     args = GRPOConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=3, num_generations=3,
-        max_completion_length=8, learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True,
-        save_strategy="no", seed=0,
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=3,
+        num_generations=3,
+        max_completion_length=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
     )
-    trainer = GRPOTrainer(model=str(tiny_llama_dir), reward_funcs=[GRAPERewardFunction(scorer, reward="rank")],
-                          args=args, train_dataset=dataset)
+    trainer = GRPOTrainer(
+        model=str(tiny_llama_dir),
+        reward_funcs=[GRAPERewardFunction(scorer, reward="rank")],
+        args=args,
+        train_dataset=dataset,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
@@ -54,7 +68,10 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
     )
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "grpo_grape.py"), "--config", str(config), "--learning_rate", "1e-3"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| original query |" in result.stdout and "| GRAPE rewriter |" in result.stdout

@@ -11,7 +11,9 @@ def test_smollm2_offline_copy_has_a_fixed_tokenizer(smollm2_tokenizer_dir):
     assert tokenizer.eos_token == "<|im_end|>" == tokenizer.pad_token
     config = AutoConfig.from_pretrained(smollm2_tokenizer_dir)
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
 
 

@@ -7,8 +7,12 @@ import torch
 from grape_hf import CLIPRankScorer, GRAPERewardFunction, get_reward_funcs
 from grape_hf.rewards import LOWEST_REWARD, REWARD_VARIANTS, resolve_reward_variant
 
-CORPUS = ["a dog runs on the grass", "two men play chess in a park", "a red car drives through snow",
-          "a woman reads a book on a bench"]
+CORPUS = [
+    "a dog runs on the grass",
+    "two men play chess in a park",
+    "a red car drives through snow",
+    "a woman reads a book on a bench",
+]
 
 
 @pytest.fixture
@@ -61,10 +65,24 @@ def test_conversational_completions_and_multi_target(scorer):
 def test_metrics_are_logged_through_log_metric(scorer):
     logged = {}
     reward = GRAPERewardFunction(scorer, reward="rank")
-    reward(completions=["two men play chess", "a dog", ""], target_id=[1, 1, 1],
-           log_metric=lambda name, value: logged.__setitem__(name, value))
-    expected_keys = {f"grape/{k}" for k in ("mean_rank", "recall@1", "recall@5", "recall@10", "mrr",
-                                           "target_similarity", "nontarget_similarity", "empty_fraction")}
+    reward(
+        completions=["two men play chess", "a dog", ""],
+        target_id=[1, 1, 1],
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+    )
+    expected_keys = {
+        f"grape/{k}"
+        for k in (
+            "mean_rank",
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "mrr",
+            "target_similarity",
+            "nontarget_similarity",
+            "empty_fraction",
+        )
+    }
     assert set(logged) == expected_keys
     assert logged["grape/recall@1"] == 0.5 and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
     assert logged == reward.last_metrics
@@ -116,4 +134,6 @@ def test_picklable(scorer):
     reward = GRAPERewardFunction(scorer, reward="rank")
     clone = pickle.loads(pickle.dumps(reward))
     assert clone.__name__ == "grape_rank"
-    assert clone(completions=["men play chess"], target_id=[1]) == reward(completions=["men play chess"], target_id=[1])
+    assert clone(completions=["men play chess"], target_id=[1]) == reward(
+        completions=["men play chess"], target_id=[1]
+    )

@@ -12,7 +12,9 @@ def brute_force_ranks(q, emb, targets):
     out = []
     for i, ts in enumerate(targets):
         ts = [ts] if isinstance(ts, int) else ts
-        best = min(1 + sum(1 for j in range(emb.shape[0]) if j != t and scores[i, j] > scores[i, t] + 1e-6) for t in ts)
+        best = min(
+            1 + sum(1 for j in range(emb.shape[0]) if j != t and scores[i, j] > scores[i, t] + 1e-6) for t in ts
+        )
         out.append(best)
     return out
 

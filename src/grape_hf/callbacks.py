@@ -26,8 +26,18 @@ class RetrievalEvalCallback(TrainerCallback):
     `history` keeps `(step, metrics)` pairs for plotting.
     """
 
-    def __init__(self, scorer: CLIPRankScorer, queries, target_ids, tokenizer, template: PromptTemplate,
-                 eval_steps: int = 20, references=None, max_new_tokens: int = 32, batch_size: int = 32):
+    def __init__(
+        self,
+        scorer: CLIPRankScorer,
+        queries,
+        target_ids,
+        tokenizer,
+        template: PromptTemplate,
+        eval_steps: int = 20,
+        references=None,
+        max_new_tokens: int = 32,
+        batch_size: int = 32,
+    ):
         self.scorer = scorer
         self.queries = list(queries)
         self.target_ids = list(target_ids)
@@ -45,7 +55,9 @@ class RetrievalEvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         rewriter = QueryRewriter(model, self.tokenizer, self.template, max_new_tokens=self.max_new_tokens)
-        rewrites = [r[0] for r in rewriter.rewrite(self.queries, references=self.references, batch_size=self.batch_size)]
+        rewrites = [
+            r[0] for r in rewriter.rewrite(self.queries, references=self.references, batch_size=self.batch_size)
+        ]
         if was_training:
             model.train()
         metrics = evaluate_retrieval(self.scorer, rewrites, self.target_ids)

@@ -26,12 +26,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         if path == "none":
             rewriters[name] = None
             continue
-        template = get_prompt_template(args.shift, args.prompt_template) if args.shift or args.prompt_template else None
+        template = (
+            get_prompt_template(args.shift, args.prompt_template) if args.shift or args.prompt_template else None
+        )
         rewriters[name] = QueryRewriter.from_pretrained(path, template=template, max_new_tokens=args.max_new_tokens)
     references = list(data.queries["reference"]) if "reference" in data.queries.column_names else None
     results, rewrites = evaluate_rewriters(
-        scorer, list(data.queries["query"]), list(data.queries["target_id"]), rewriters,
-        references=references, batch_size=args.batch_size,
+        scorer,
+        list(data.queries["query"]),
+        list(data.queries["target_id"]),
+        rewriters,
+        references=references,
+        batch_size=args.batch_size,
     )
     title = f"{data.name}: {len(data.queries)} queries, corpus {len(scorer)} ({args.retriever})"
     print(title)
@@ -59,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="validation")
     ev.add_argument("--retriever", default="sentence-transformers:all-MiniLM-L6-v2")
     ev.add_argument(
-        "--rewriter", action="append",
+        "--rewriter",
+        action="append",
         help="'none' (the original query), a model or rewriter folder / Hub id, or NAME=PATH; repeat to compare.",
     )
     ev.add_argument("--shift", default=None, help="Prompt for plain instruct models (default: multilingual).")

@@ -29,13 +29,17 @@ class GRAPEScriptArguments(ScriptArguments):
     dataset_test_split: str = field(default="validation", metadata={"help": "The evaluation split."})
     retriever: str = field(
         default="sentence-transformers:all-MiniLM-L6-v2",
-        metadata={"help": "The frozen retriever: 'open_clip:<arch>[@<pretrained>]', 'hf-clip:<name or path>' or "
-                  "'sentence-transformers:<name or path>'."},
+        metadata={
+            "help": "The frozen retriever: 'open_clip:<arch>[@<pretrained>]', 'hf-clip:<name or path>' or "
+            "'sentence-transformers:<name or path>'."
+        },
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rank"],
-        metadata={"help": "Reward variants: 'rank' (GRAPE), 'similarity', 'margin', or dotted paths to functions of "
-                  "RankStats."},
+        metadata={
+            "help": "Reward variants: 'rank' (GRAPE), 'similarity', 'margin', or dotted paths to functions of "
+            "RankStats."
+        },
     )
     relative_reward: bool = field(
         default=False, metadata={"help": "Reward the rewrite's improvement over the original query."}
@@ -59,7 +63,9 @@ class GRAPEScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Training queries kept."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Multi30k: images kept for evaluation."})
-    max_eval_samples: int | None = field(default=200, metadata={"help": "Evaluation queries kept (corpus stays whole)."})
+    max_eval_samples: int | None = field(
+        default=200, metadata={"help": "Evaluation queries kept (corpus stays whole)."}
+    )
     corpus_cache_dir: str | None = field(
         default=None, metadata={"help": "Where to cache corpus embeddings; defaults to grape_hf's cache folder."}
     )
@@ -82,4 +88,6 @@ class GRAPEScriptArguments(ScriptArguments):
             resolve_reward_variant(name)
         parse_retriever_spec(self.retriever)
         if self.dataset_name is None:
-            raise ValueError("dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id.")
+            raise ValueError(
+                "dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id."
+            )

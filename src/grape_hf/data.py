@@ -107,13 +107,22 @@ def load_multi30k(
         keep = sorted(rng.sample(keep, max_images))
     corpus = [corpus[i].strip() for i in keep]
     # Not "image": TRL reads a column of that name as the prompt's picture.
-    rows = {"query": [queries[i].strip() for i in keep], "target_id": list(range(len(keep))),
-            "image_file": [images[i] for i in keep]}
+    rows = {
+        "query": [queries[i].strip() for i in keep],
+        "target_id": list(range(len(keep))),
+        "image_file": [images[i] for i in keep],
+    }
     dataset = Dataset.from_dict(rows)
     if max_queries is not None and max_queries < len(dataset):
         dataset = dataset.select(sorted(rng.sample(range(len(dataset)), max_queries)))
-    info = {"task": task, "split": split, "query_lang": query_lang, "corpus_lang": corpus_lang,
-            "num_images": len(corpus), "num_queries": len(dataset)}
+    info = {
+        "task": task,
+        "split": split,
+        "query_lang": query_lang,
+        "corpus_lang": corpus_lang,
+        "num_images": len(corpus),
+        "num_queries": len(dataset),
+    }
     label = f"multi30k/{task}/{name} {query_lang}->{corpus_lang}"
     return GRAPEData(queries=dataset, corpus=corpus, name=label, info=info)
 
@@ -143,7 +152,9 @@ def load_grape_dataset(
     if is_multi30k_dir(name_or_path):
         return load_multi30k(name_or_path, split=split, max_queries=max_queries, seed=seed, **multi30k_kwargs)
     if multi30k_kwargs:
-        raise ValueError(f"{sorted(multi30k_kwargs)} only apply to a Multi30k folder, and {name_or_path!r} is not one.")
+        raise ValueError(
+            f"{sorted(multi30k_kwargs)} only apply to a Multi30k folder, and {name_or_path!r} is not one."
+        )
     import datasets
 
     path = Path(name_or_path)
@@ -158,7 +169,9 @@ def load_grape_dataset(
     candidates = [corpus_split] if corpus_split else [f"{split}_corpus", "corpus"]
     found = next((c for c in candidates if c in dataset_dict), None)
     if found is None:
-        raise ValueError(f"{name_or_path!r} has no corpus split (looked for {candidates}); it has {list(dataset_dict)}.")
+        raise ValueError(
+            f"{name_or_path!r} has no corpus split (looked for {candidates}); it has {list(dataset_dict)}."
+        )
     queries = dataset_dict[split]
     for column in (query_column, target_column):
         if column not in queries.column_names:

@@ -38,8 +38,11 @@ def load_split(script_args: GRAPEScriptArguments, split: str, seed: int) -> GRAP
             "max_images": script_args.max_train_images if train else script_args.max_eval_images,
         }
     else:
-        kwargs = {"query_column": script_args.query_column, "target_column": script_args.target_column,
-                  "corpus_column": script_args.corpus_column}
+        kwargs = {
+            "query_column": script_args.query_column,
+            "target_column": script_args.target_column,
+            "corpus_column": script_args.corpus_column,
+        }
     return load_grape_dataset(script_args.dataset_name, split=split, max_queries=max_queries, seed=seed, **kwargs)
 
 
@@ -63,8 +66,12 @@ def evaluate_before_after(rewriter, data, scorer, script_args, stage: str) -> di
     references = list(data.queries[script_args.reference_column]) if rewriter.template.needs_reference else None
     methods = {"original query": None, stage: rewriter} if stage == "zero-shot rewriter" else {stage: rewriter}
     results, rewrites = evaluate_rewriters(
-        scorer, list(data.queries["query"]), list(data.queries["target_id"]), methods,
-        references=references, batch_size=script_args.eval_batch_size,
+        scorer,
+        list(data.queries["query"]),
+        list(data.queries["target_id"]),
+        methods,
+        references=references,
+        batch_size=script_args.eval_batch_size,
     )
     return {"results": results, "rewrites": rewrites}
 
@@ -81,7 +88,10 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     train_data = load_split(script_args, script_args.dataset_train_split, training_args.seed)
     train_scorer = build_scorer(retriever, train_data, script_args)
     reward_funcs = get_reward_funcs(
-        train_scorer, script_args.reward_funcs, target_column="target_id", query_column="query",
+        train_scorer,
+        script_args.reward_funcs,
+        target_column="target_id",
+        query_column="query",
         relative=script_args.relative_reward,
     )
     train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
@@ -90,7 +100,10 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype or "float32"}
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "dtype": model_args.dtype or "float32",
+    }
     push_to_hub = training_args.push_to_hub
     training_args.push_to_hub = False  # grape_hf pushes itself, with the GRAPE model card
     trainer = GRPOTrainer(
@@ -109,7 +122,9 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         eval_data = load_split(script_args, script_args.dataset_test_split, training_args.seed)
         eval_scorer = build_scorer(retriever, eval_data, script_args)
         # Before training the LoRA update is zero, so the trainer's model is the zero-shot rewriter.
-        rewriter = QueryRewriter(trainer.model, tokenizer, template, max_new_tokens=training_args.max_completion_length)
+        rewriter = QueryRewriter(
+            trainer.model, tokenizer, template, max_new_tokens=training_args.max_completion_length
+        )
         before = evaluate_before_after(rewriter, eval_data, eval_scorer, script_args, "zero-shot rewriter")
 
     trainer.train()
@@ -121,7 +136,9 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         after = evaluate_before_after(rewriter, eval_data, eval_scorer, script_args, "GRAPE rewriter")
         results = {**before["results"], **after["results"]}
         rewrites = {**before["rewrites"], **after["rewrites"]}
-        title = f"{eval_data.name}: {len(eval_data.queries)} queries, corpus {len(eval_scorer)} ({script_args.retriever})"
+        title = (
+            f"{eval_data.name}: {len(eval_data.queries)} queries, corpus {len(eval_scorer)} ({script_args.retriever})"
+        )
         evaluation = {
             "before": results["original query"],
             "zero_shot": results["zero-shot rewriter"],
@@ -153,7 +170,9 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         if push_to_hub:
             from .hub import push_rewriter
 
-            push_rewriter(output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo)
+            push_rewriter(
+                output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo
+            )
     return evaluation
 
 
@@ -167,10 +186,24 @@ def _point_adapter_at_base(output_dir: Path, base_model: str) -> None:
 
 
 def _training_summary(training_args, model_args) -> dict:
-    keys = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size", "num_generations",
-            "max_completion_length", "temperature", "beta", "loss_type", "scale_rewards", "seed")
+    keys = (
+        "learning_rate",
+        "max_steps",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "num_generations",
+        "max_completion_length",
+        "temperature",
+        "beta",
+        "loss_type",
+        "scale_rewards",
+        "seed",
+    )
     summary = {k: getattr(training_args, k, None) for k in keys}
     if getattr(model_args, "use_peft", False):
-        summary["lora"] = {"r": model_args.lora_r, "alpha": model_args.lora_alpha,
-                           "target_modules": model_args.lora_target_modules}
+        summary["lora"] = {
+            "r": model_args.lora_r,
+            "alpha": model_args.lora_alpha,
+            "target_modules": model_args.lora_target_modules,
+        }
     return summary

@@ -99,7 +99,9 @@ def resolve_model_path(name_or_path: str) -> str:
         path = str(dequantized_smollm2_path())
         if name_or_path not in _announced:
             _announced.add(name_or_path)
-            logger.warning("%s is not reachable (offline); using the local de-quantized copy at %s.", name_or_path, path)
+            logger.warning(
+                "%s is not reachable (offline); using the local de-quantized copy at %s.", name_or_path, path
+            )
         return path
 
 

@@ -87,10 +87,14 @@ class PromptTemplate:
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptTemplate:
-        return cls(user=data["user"], system=data.get("system"), shift=data.get("shift"), examples=data.get("examples"))
+        return cls(
+            user=data["user"], system=data.get("system"), shift=data.get("shift"), examples=data.get("examples")
+        )
 
 
-def get_prompt_template(shift: str = "multilingual", template: str | dict | PromptTemplate | None = None) -> PromptTemplate:
+def get_prompt_template(
+    shift: str = "multilingual", template: str | dict | PromptTemplate | None = None
+) -> PromptTemplate:
     """Return the prompt template for a shift kind, or the user's own.
 
     Args:

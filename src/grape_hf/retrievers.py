@@ -32,8 +32,14 @@ BUILTIN_OPEN_CLIP_CHECKPOINTS = {
     "grape-shapes-clip": {"grape-shapes": ASSETS_DIR / "grape-shapes-clip" / "open_clip_model.safetensors"},
 }
 RETRIEVER_KINDS = ("open_clip", "hf-clip", "sentence-transformers")
-_KIND_ALIASES = {"open_clip": "open_clip", "open-clip": "open_clip", "hf-clip": "hf-clip", "clip": "hf-clip",
-                 "sentence-transformers": "sentence-transformers", "st": "sentence-transformers"}
+_KIND_ALIASES = {
+    "open_clip": "open_clip",
+    "open-clip": "open_clip",
+    "hf-clip": "hf-clip",
+    "clip": "hf-clip",
+    "sentence-transformers": "sentence-transformers",
+    "st": "sentence-transformers",
+}
 
 
 def default_device() -> str:
@@ -88,7 +94,9 @@ class Retriever(ABC):
             )
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str], batch_size: int | None = None, show_progress_bar: bool = False) -> torch.Tensor:
+    def encode_text(
+        self, texts: list[str], batch_size: int | None = None, show_progress_bar: bool = False
+    ) -> torch.Tensor:
         """Embed texts; returns a `(len(texts), dim)` float32 tensor of unit rows (on the CPU)."""
         if isinstance(texts, str):
             texts = [texts]
@@ -97,7 +105,9 @@ class Retriever(ABC):
         return self._batched(texts, self._encode_text, batch_size, show_progress_bar, "Embedding texts")
 
     @torch.no_grad()
-    def encode_image(self, images: list, batch_size: int | None = None, show_progress_bar: bool = False) -> torch.Tensor:
+    def encode_image(
+        self, images: list, batch_size: int | None = None, show_progress_bar: bool = False
+    ) -> torch.Tensor:
         """Embed PIL images; returns a `(len(images), dim)` float32 tensor of unit rows (on the CPU)."""
         return self._batched(list(images), self._encode_image, batch_size, show_progress_bar, "Embedding images")
 

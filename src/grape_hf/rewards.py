@@ -132,7 +132,9 @@ class GRAPERewardFunction:
         self.target_column = target_column
         self.relative = relative
         self.query_column = query_column
-        self.lowest_reward = float(lowest_reward if lowest_reward is not None else LOWEST_REWARD.get(self.reward_name, -1.0))
+        self.lowest_reward = float(
+            lowest_reward if lowest_reward is not None else LOWEST_REWARD.get(self.reward_name, -1.0)
+        )
         self.metric_prefix = metric_prefix
         self.last_metrics: dict[str, float] = {}
         # TRL logs each reward as rewards/<__name__>/mean.
@@ -154,7 +156,9 @@ class GRAPERewardFunction:
         if keep:
             stats = self.scorer.rank_stats([texts[i] for i in keep], [targets[i] for i in keep])
             values = torch.as_tensor(self.variant(stats), dtype=torch.float32)
-            rewards[keep] = torch.nan_to_num(values, nan=self.lowest_reward, posinf=self.lowest_reward, neginf=self.lowest_reward)
+            rewards[keep] = torch.nan_to_num(
+                values, nan=self.lowest_reward, posinf=self.lowest_reward, neginf=self.lowest_reward
+            )
             self._log(stats, len(texts), log_metric)
         if self.relative:
             rewards -= self._original_rewards(kwargs, targets)
@@ -216,6 +220,8 @@ def get_reward_funcs(
     if not reward_funcs:
         raise ValueError(f"No reward function named; choose from {sorted(REWARD_VARIANTS)}.")
     return [
-        GRAPERewardFunction(scorer, reward=name, target_column=target_column, query_column=query_column, relative=relative)
+        GRAPERewardFunction(
+            scorer, reward=name, target_column=target_column, query_column=query_column, relative=relative
+        )
         for name in reward_funcs
     ]

@@ -66,7 +66,9 @@ def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[l
         target_ids = [target_ids]
     target_ids = list(target_ids)
     if len(target_ids) != num_queries:
-        raise ValueError(f"Got {len(target_ids)} target ids for {num_queries} queries; pass one (or a list) per query.")
+        raise ValueError(
+            f"Got {len(target_ids)} target ids for {num_queries} queries; pass one (or a list) per query."
+        )
     out = []
     for t in target_ids:
         ids = [t] if isinstance(t, int | float) or (hasattr(t, "__int__") and not isinstance(t, list | tuple)) else t
@@ -149,7 +151,9 @@ class CLIPRankScorer:
         """Build a scorer from precomputed corpus embeddings (`(N, D)`, normalised here), skipping the embedding."""
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"Corpus embeddings must be a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}.")
+            raise ValueError(
+                f"Corpus embeddings must be a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}."
+            )
         dim = retriever.embedding_dim
         if embeddings.shape[1] != dim:
             raise ValueError(
@@ -168,7 +172,7 @@ class CLIPRankScorer:
         cache_file = None
         if cache_dir is not None:
             key = hashlib.sha256(f"{self.retriever.spec}\n{_content_hash(corpus)}".encode()).hexdigest()[:32]
-            cache_file = Path(cache_dir) / f"corpus-{key}.safetensors"
+            cache_file = Path(cache_dir).expanduser() / f"corpus-{key}.safetensors"
             cached = self._load_cache(cache_file, len(corpus))
             if cached is not None:
                 return cached
