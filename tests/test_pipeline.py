@@ -189,3 +189,22 @@ def test_rewrite_then_retrieve_with_rank_fusion(pipes, minilm):
     assert fused["ensemble"]["ids"] == [d for d, _ in expected]
     assert fused["ensemble"]["scores"] == pytest.approx([s for _, s in expected])
     assert reciprocal_rank_fusion([[3, 1, 2], [1, 3, 0]], rrf_k=0) == [(3, 1.5), (1, 1.5), (2, 1 / 3), (0, 1 / 3)]
+
+
+def test_prompts_and_cleaning_match_the_library(pipes):
+    """pipeline.py is self-contained (it ships as remote code), so it re-implements two small pieces: keep them equal."""
+    from grape_hf.pipeline import clean_rewrite as pipeline_clean
+    from grape_hf.prompts import PromptTemplate
+    from grape_hf.rewriter import QueryRewriter, clean_rewrite
+
+    pipe = pipes["full"]
+    few_shot = {
+        **PROMPT,
+        "examples": [{"query": "Eine Katze.", "rewrite": "A cat."}, {"query": "Rot", "rewrite": "Red"}],
+    }
+    for prompt in (PROMPT, few_shot, {"user": "Edit {reference} with {query}", "shift": "composed"}):
+        library = QueryRewriter(pipe.model, pipe.tokenizer, PromptTemplate.from_dict(prompt))
+        ours = pipe("Ein Hund", prompt=prompt, reference="a cat", max_new_tokens=1)["prompt"]
+        assert ours == library.prompts(["Ein Hund"], ["a cat"])[0]
+    for text in ['  "A dog."  ', "\n\nA dog\nsecond line", "'x'", '"', "", "  plain  "]:
+        assert pipeline_clean(text) == clean_rewrite(text)

@@ -178,8 +178,9 @@ class GRAPERewritePipeline(Pipeline):
     or blank query is returned unchanged with `"empty": True` and nothing is generated.
 
     The prompt is the one the rewriter was trained with (its `grape_rewriter.json`) unless `shift=` picks a built-in
-    kind (`"multilingual"`, `"long_form"`, `"composed"`) or `prompt=` gives one (`{"user": ..., "system": ...}`, the
-    user turn containing `{query}`, and `{reference}` for composed queries, which then need `reference=`).
+    kind (`"multilingual"`, `"long_form"`, `"composed"`) or `prompt=` gives one (`{"user": ..., "system": ...,
+    "examples": [...]}`, the user turn containing `{query}`, and `{reference}` for composed queries, which then need
+    `reference=`; few-shot `examples` are `{"query", "rewrite"}` dicts rendered as earlier turns).
 
     Example:
     ```python
@@ -337,11 +338,16 @@ class GRAPERewritePipeline(Pipeline):
 
     def preprocess(self, inputs: dict, template: dict | None = None) -> dict:
         template = template or self.template()
-        content = (
-            template["user"].replace("{query}", inputs["query"]).replace("{reference}", inputs["reference"] or "")
-        )
+
+        def render(query: str, reference: str | None) -> str:
+            return template["user"].replace("{query}", query).replace("{reference}", reference or "")
+
+        # As grape_hf.prompts.PromptTemplate.build_messages: system, few-shot turns, then the query.
         messages = [{"role": "system", "content": template["system"]}] if template.get("system") else []
-        messages.append({"role": "user", "content": content})
+        for example in template.get("examples") or []:
+            messages.append({"role": "user", "content": render(example["query"], example.get("reference"))})
+            messages.append({"role": "assistant", "content": example["rewrite"]})
+        messages.append({"role": "user", "content": render(inputs["query"], inputs["reference"])})
         if self.tokenizer.chat_template is not None:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
