@@ -109,6 +109,14 @@ def test_card_without_evaluation_still_loads(tmp_path):
         build_model_card({"base_model": "x"})
 
 
+def test_card_shows_the_zero_shot_rewriter_when_recorded():
+    from grape_hf.hub import build_model_card
+
+    evaluation = {**EVALUATION, "zero_shot": {"R@1": 0.25, "MRR": 0.35}}
+    text = build_model_card(rewriter_config("HuggingFaceTB/SmolLM2-135M-Instruct", evaluation=evaluation)).text
+    assert "| R@1 | 0.2120 | 0.2500 | 0.3050 |" in text and "| R@5 | 0.4330 | – | 0.5620 |" in text
+
+
 def test_upload_folder_of_a_full_model(trained, tmp_path):
     from grape_hf.hub import build_upload_folder
     from grape_hf.pipeline import REMOTE_TASK

@@ -116,13 +116,14 @@ def build_model_card(
     hub_base = base_model if _is_hub_id(base_model) else None
     evaluation = config.get("evaluation") or {}
     before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    zero_shot = evaluation.get("zero_shot") or {}  # the base model prompted the same way, before training
     dataset = config.get("dataset") or evaluation.get("dataset") or "custom"
     name = model_id or "grape-rewriter"
     eval_results, rows = [], []
     for key, metric_type in METRICS.items():
         if key not in before and key not in after:
             continue
-        rows.append((key, _fmt(before.get(key)), _fmt(after.get(key))))
+        rows.append((key, _fmt(before.get(key)), _fmt(zero_shot.get(key)), _fmt(after.get(key))))
         for stage, values, suffix in (("before", before, "_before_rewriting"), ("after", after, "")):
             if key in values:
                 eval_results.append(
@@ -167,6 +168,7 @@ def build_model_card(
         training=config.get("training") or {},
         evaluation=evaluation,
         evaluation_rows=rows,
+        has_zero_shot=bool(zero_shot),
         example_query=_literal(_EXAMPLE_QUERIES.get(shift or "", _EXAMPLE_QUERIES["multilingual"])),
         example_reference=_literal("a brown dog runs on the grass") if "{reference}" in prompt["user"] else None,
         retriever_literal=_literal(config.get("retriever") or "sentence-transformers:all-MiniLM-L6-v2"),
