@@ -80,11 +80,21 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
     assert meta["training"]["learning_rate"] == 1e-3  # the command line overrides the YAML
     assert set(meta["evaluation"]["after"]) >= {"R@1", "R@5", "R@10", "MRR", "nDCG@10"}
     assert meta["evaluation"]["corpus_size"] == 24 and meta["evaluation"]["num_queries"] == 6
-    adapter = json.loads((out / "adapter_config.json").read_text())
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_llama_dir)
+    assert (out / "README.md").read_text().count("R@10") >= 1  # the GRAPE model card
     results = json.loads((out / "eval" / "before_after.json").read_text())
     assert list(results) == ["original query", "zero-shot rewriter", "GRAPE rewriter"]
     assert (out / "eval" / "before_after.png").stat().st_size > 1000
+    # What the recipe saved loads in one line, with the prompt it was trained with.
+    from transformers import pipeline
+
+    import grape_hf  # noqa: F401  (registers "grape-rewrite")
+
+    rewriter = pipeline("grape-rewrite", model=str(out), max_new_tokens=4)
+    result = rewriter("Ein Hund rennt.")
+    assert result["query"] == "Ein Hund rennt." and isinstance(result["rewrite"], str)
+    assert "Translate the German image description" in result["prompt"]
 
 
 def test_every_recipe_yaml_parses():

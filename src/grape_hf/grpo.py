@@ -6,7 +6,6 @@ with the three dataclasses too.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -130,7 +129,6 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     trainer.train()
     say("Training completed.")
     output_dir = Path(training_args.output_dir)
-    trainer.save_model(str(output_dir))
 
     if script_args.evaluate_before_after:
         after = evaluate_before_after(rewriter, eval_data, eval_scorer, script_args, "GRAPE rewriter")
@@ -153,9 +151,13 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
             say("\n" + title + "\n" + markdown_table(results) + "\n")
 
     if is_main:
-        tokenizer.save_pretrained(str(output_dir))
-        _point_adapter_at_base(output_dir, model_args.model_name_or_path)
-        RewriterConfig(
+        from .hub import save_rewriter
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        for peft_config in getattr(model, "peft_config", {}).values():
+            # Name the base model as the user gave it (a Hub id), not the local path it resolved to offline.
+            peft_config.base_model_name_or_path = model_args.model_name_or_path
+        rewriter_config = RewriterConfig(
             prompt=template.to_dict(),
             base_model=model_args.model_name_or_path,
             shift=script_args.shift,
@@ -165,7 +167,9 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
             reward=",".join(script_args.reward_funcs) + (" (relative)" if script_args.relative_reward else ""),
             training=_training_summary(training_args, model_args),
             evaluation=evaluation,
-        ).save(output_dir)
+        )
+        # The layout pipeline("grape-rewrite"), remote code and `grape-hf push` read (an adapter goes to adapter/).
+        save_rewriter(model, tokenizer, output_dir, rewriter_config)
         say(f"Rewriter saved to {output_dir}.")
         if push_to_hub:
             from .hub import push_rewriter
@@ -174,15 +178,6 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
                 output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo
             )
     return evaluation
-
-
-def _point_adapter_at_base(output_dir: Path, base_model: str) -> None:
-    """Name the base model as the user gave it (a Hub id), not the local path it resolved to offline."""
-    adapter_config = output_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        data = json.loads(adapter_config.read_text())
-        data["base_model_name_or_path"] = base_model
-        adapter_config.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _training_summary(training_args, model_args) -> dict:
