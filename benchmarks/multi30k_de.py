@@ -285,23 +285,20 @@ def plot(curves: dict[str, dict], path_r10: Path, path_inflation: Path) -> None:
 
 
 def ship(run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, command: str) -> None:
-    """Save the GRAPE rewriter (fp16 LoRA adapter + tokenizer + grape_rewriter.json) inside the package."""
+    """Save the GRAPE rewriter inside the package: fp16 LoRA adapter, tokenizer, grape_rewriter.json and model card."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    SHIPPED.mkdir(parents=True, exist_ok=True)
-    weights = load_file(str(run / "adapter_model.safetensors"))
-    save_file({k: v.half() for k, v in weights.items()}, str(SHIPPED / "adapter_model.safetensors"))
-    config = json.loads((run / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = SMOLLM2_ID
-    (SHIPPED / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2_ID)).save_pretrained(str(SHIPPED))
-    for extra in ("README.md",):
-        if (run / extra).exists():
-            shutil.copy(run / extra, SHIPPED / "TRAINER_README.md")
-    RewriterConfig(
+    from grape_hf.hub import save_rewriter
+
+    base = resolve_model_path(SMOLLM2_ID)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run)).half()
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = SMOLLM2_ID  # the Hub id, resolved to the local copy offline
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    config = RewriterConfig(
         prompt=template.to_dict(),
         base_model=SMOLLM2_ID,
         shift="multilingual",
@@ -310,17 +307,19 @@ def ship(run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, 
         corpus=f"Multi30k task2 train, English description 1 of {budget.train_images} images",
         reward="rank",
         training={
-            "warm_start": f"SFT on Multi30k task1 train de->en, {budget.sft_steps} steps x {budget.sft_batch}",
+            "warm_start": f"LoRA SFT on Multi30k task1 train de->en, {budget.sft_steps} steps x {budget.sft_batch}",
             "grpo_steps": budget.grpo_steps,
             "prompts_per_step": budget.grpo_prompts,
             "num_generations": budget.grpo_generations,
             "learning_rate": 1e-4,
             "max_completion_length": 32,
+            "beta": 0.0,
             "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
             "command": command,
         },
         evaluation=evaluation,
-    ).save(SHIPPED)
+    )
+    save_rewriter(model, AutoTokenizer.from_pretrained(base), SHIPPED, config)
 
 
 def main() -> None:

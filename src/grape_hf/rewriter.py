@@ -248,3 +248,29 @@ class QueryRewriter:
         finally:
             self.tokenizer.padding_side = old_side
         return outputs
+
+
+SHIPPED_REWRITERS_DIR = Path(__file__).parent / "assets" / "rewriters"
+
+
+def shipped_rewriters() -> list[str]:
+    """Names of the trained rewriters shipped inside grape_hf (offline defaults)."""
+    if not SHIPPED_REWRITERS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_REWRITERS_DIR.iterdir() if (p / REWRITER_CONFIG_NAME).is_file())
+
+
+def shipped_rewriter_path(name: str = "smollm2-135m-grape-multi30k-de") -> Path:
+    """The folder of a rewriter shipped with grape_hf, for `pipeline("grape-rewrite", model=...)`.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriter import shipped_rewriter_path
+    >>> from transformers import pipeline
+    >>> rewriter = pipeline("grape-rewrite", model=shipped_rewriter_path())  # doctest: +SKIP
+    ```
+    """
+    path = SHIPPED_REWRITERS_DIR / name
+    if not (path / REWRITER_CONFIG_NAME).is_file():
+        raise ValueError(f"No shipped rewriter named {name!r}; grape_hf ships {shipped_rewriters()}.")
+    return path
