@@ -350,18 +350,21 @@ def plot_curves(curves: dict, path: Path) -> None:
 
 
 def ship(shift: str, run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, dest: Path, command: str):
-    """The GRAPE rewriter of a shift, as an fp16 LoRA adapter + tokenizer + grape_rewriter.json."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
+    """Save a shift's GRAPE rewriter with `grape_hf.hub.save_rewriter`: fp16 LoRA adapter, tokenizer,
+    grape_rewriter.json and model card, loadable by `pipeline("grape-rewrite")` offline."""
+    import shutil
 
-    dest.mkdir(parents=True, exist_ok=True)
-    weights = load_file(str(run / "adapter_model.safetensors"))
-    save_file({k: v.half() for k, v in weights.items()}, str(dest / "adapter_model.safetensors"))
-    config = json.loads((run / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = SMOLLM2_ID
-    (dest / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2_ID)).save_pretrained(str(dest))
-    RewriterConfig(
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grape_hf.hub import save_rewriter
+
+    base = resolve_model_path(SMOLLM2_ID)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run)).half()
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = SMOLLM2_ID  # the Hub id, resolved to the local copy offline
+    shutil.rmtree(dest, ignore_errors=True)
+    config = RewriterConfig(
         prompt=template.to_dict(),
         base_model=SMOLLM2_ID,
         shift=shift,
@@ -381,7 +384,8 @@ def ship(shift: str, run: Path, template: PromptTemplate, evaluation: dict, budg
             "command": command,
         },
         evaluation=evaluation,
-    ).save(dest)
+    )
+    save_rewriter(model, AutoTokenizer.from_pretrained(base), dest, config)
 
 
 # --- main -----------------------------------------------------------------------------------------------------------
