@@ -73,7 +73,14 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    # Merge: benchmarks/shapes_grape.py adds its methods to the same file, and a rerun here must not drop them.
+    merged = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    for key, value in results.items():
+        if key == "_meta":
+            merged["_meta"] = {**merged.get("_meta", {}), **value}
+        else:
+            merged.setdefault(key, {}).update(value)
+    args.output.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.output} in {results['_meta']['seconds']} s")
 
 
