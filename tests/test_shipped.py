@@ -1,0 +1,36 @@
+"""The rewriter shipped inside grape_hf (trained by benchmarks/multi30k_de.py) loads offline in one line."""
+
+import json
+
+import pytest
+
+from grape_hf.rewriter import shipped_rewriter_path, shipped_rewriters
+
+
+def test_shipped_multi30k_rewriter_is_self_describing():
+    path = shipped_rewriter_path("smollm2-135m-grape-multi30k-de")
+    meta = json.loads((path / "grape_rewriter.json").read_text())
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["retriever"] == "sentence-transformers:all-MiniLM-L6-v2" and meta["reward"] == "rank"
+    assert {"before", "after", "warm_start"} <= set(meta["evaluation"])
+    adapter = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (path / "adapter" / "adapter_model.safetensors").stat().st_size < 12_000_000  # fp16, a few MB
+    assert "recall_at_10" in (path / "README.md").read_text()
+
+
+def test_shipped_rewriter_runs_through_the_pipeline(smollm2_tokenizer_dir):
+    from transformers import pipeline
+
+    import grape_hf  # noqa: F401  (registers "grape-rewrite")
+
+    rewriter = pipeline("grape-rewrite", model=str(shipped_rewriter_path()), max_new_tokens=24)
+    out = rewriter("Ein Hund rennt über eine grüne Wiese.")
+    assert out["rewrite"] and out["rewrite"] != out["query"]
+    assert "dog" in out["rewrite"].lower()
+
+
+def test_unknown_shipped_name():
+    with pytest.raises(ValueError, match="No shipped rewriter named 'nope'; grape_hf ships"):
+        shipped_rewriter_path("nope")
+    assert "smollm2-135m-grape-multi30k-de" in shipped_rewriters()
