@@ -30,6 +30,16 @@ def test_shipped_rewriter_runs_through_the_pipeline(smollm2_tokenizer_dir):
     assert "dog" in out["rewrite"].lower()
 
 
+def test_shipped_rewriter_loads_as_a_query_rewriter_without_remote_code(smollm2_tokenizer_dir):
+    """No trust_remote_code prompt: the folder's config.json maps to remote code that grape_hf must not need."""
+    from grape_hf.rewriter import QueryRewriter
+
+    rewriter = QueryRewriter.from_pretrained(str(shipped_rewriter_path()), max_new_tokens=16)
+    assert "German" in rewriter.template.user
+    [[men], [dog]] = rewriter.rewrite(["Zwei Männer spielen Schach im Park.", "Ein Hund rennt über eine grüne Wiese."])
+    assert "men" in men.lower() and "dog" in dog.lower()
+
+
 def test_unknown_shipped_name():
     with pytest.raises(ValueError, match="No shipped rewriter named 'nope'; grape_hf ships"):
         shipped_rewriter_path("nope")

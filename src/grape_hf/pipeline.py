@@ -234,7 +234,7 @@ class GRAPERewritePipeline(Pipeline):
         tokenizer_source = str(name_or_path)
         if _read_json(tokenizer_source, "tokenizer_config.json") is None:
             tokenizer_source = getattr(model, "grape_base_model", tokenizer_source)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
         return cls(model=model, tokenizer=tokenizer, task=TASK, device=device, **kwargs)
 
     def _packaged_prompts(self) -> dict | None:

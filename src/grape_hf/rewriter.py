@@ -121,7 +121,9 @@ def load_rewriter_model(name_or_path: str, torch_dtype: torch.dtype | None = Non
     else:
         model = AutoModelForCausalLM.from_pretrained(str(local), dtype=torch_dtype or torch.float32)
         tokenizer_source = local
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+    # A saved adapter folder's config.json maps to the pipeline's remote code; the tokenizer needs none, and grape_hf
+    # never runs (or asks to run) remote code.
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source), trust_remote_code=False)
     if device:
         model.to(device)
     model.eval()
