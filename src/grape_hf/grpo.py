@@ -82,7 +82,8 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
 
     set_seed(training_args.seed)
     template = get_prompt_template(script_args.shift, script_args.prompt_template)
-    retriever = load_retriever(script_args.retriever)
+    # Each process scores on its own device (under multi-GPU accelerate, not every rank on cuda:0).
+    retriever = load_retriever(script_args.retriever, device=str(training_args.device))
 
     train_data = load_split(script_args, script_args.dataset_train_split, training_args.seed)
     train_scorer = build_scorer(retriever, train_data, script_args)

@@ -94,7 +94,7 @@ def resolve_model_path(name_or_path: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(name_or_path, local_files_only=_offline())
+        return snapshot_download(name_or_path, local_files_only=is_offline())
     except Exception:  # noqa: BLE001 - any failure to reach the Hub or its cache means: use the offline copy
         path = str(dequantized_smollm2_path())
         if name_or_path not in _announced:
@@ -105,5 +105,6 @@ def resolve_model_path(name_or_path: str) -> str:
         return path
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` asks for no Hub access."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")

