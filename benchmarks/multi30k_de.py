@@ -16,6 +16,7 @@ Stages are cached under --output_dir, so an interrupted run resumes. Writes benc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -328,11 +329,18 @@ def main() -> None:
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--rewards", nargs="+", default=["rank", "similarity", "margin"])
     parser.add_argument("--ship", action="store_true", help="Copy the GRAPE (rank) rewriter into the package.")
+    parser.add_argument("--grpo_steps", type=int, default=None, help="Override the budget's GRPO steps.")
+    parser.add_argument(
+        "--tag", default=None, help="Suffix of the results files (default: '_quick' with --quick, else none)."
+    )
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
+    if args.grpo_steps is not None:
+        budget = dataclasses.replace(budget, grpo_steps=args.grpo_steps)
+    tag = args.tag if args.tag is not None else ("_quick" if args.quick else "")
     out = Path(args.output_dir or (REPO / "outputs" / ("multi30k_de_quick" if args.quick else "multi30k_de")))
     out.mkdir(parents=True, exist_ok=True)
-    results_file = REPO / "benchmarks" / "results" / ("multi30k_de_quick.json" if args.quick else "multi30k_de.json")
+    results_file = REPO / "benchmarks" / "results" / f"multi30k_de{tag}.json"
     stage_file = out / "results.json"
     results: dict = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
     timings: dict = results.pop("_seconds", {})
@@ -444,7 +452,6 @@ def main() -> None:
     ]
     final = {k: {m: v for m, v in results[k].items() if isinstance(v, int | float)} for k in order if k in results}
     results_file.write_text(json.dumps(final, indent=2) + "\n")
-    tag = "_quick" if args.quick else ""
     plot(
         curves,
         REPO / "benchmarks" / "results" / f"multi30k_de{tag}_r10.png",
