@@ -28,7 +28,6 @@ def load_split(script_args: GRAPEScriptArguments, split: str, seed: int) -> GRAP
 
     train = split == script_args.dataset_train_split
     max_queries = script_args.max_train_samples if train else script_args.max_eval_samples
-    kwargs = {}
     if is_multi30k_dir(script_args.dataset_name):
         kwargs = {
             "task": script_args.multi30k_task,
@@ -61,9 +60,9 @@ def to_prompt_dataset(data: GRAPEData, template: PromptTemplate, reference_colum
     return queries.map(add_prompt)
 
 
-def evaluate_before_after(rewriter, data, scorer, script_args, stage: str) -> dict:
-    references = list(data.queries[script_args.reference_column]) if rewriter.template.needs_reference else None
-    methods = {"original query": None, stage: rewriter} if stage == "zero-shot rewriter" else {stage: rewriter}
+def evaluate_methods(methods: dict, template: PromptTemplate, data, scorer, script_args) -> dict:
+    """Evaluate method name -> rewriter (or None for the original query) on the evaluation queries."""
+    references = list(data.queries[script_args.reference_column]) if template.needs_reference else None
     results, rewrites = evaluate_rewriters(
         scorer,
         list(data.queries["query"]),
@@ -125,14 +124,16 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         rewriter = QueryRewriter(
             trainer.model, tokenizer, template, max_new_tokens=training_args.max_completion_length
         )
-        before = evaluate_before_after(rewriter, eval_data, eval_scorer, script_args, "zero-shot rewriter")
+        before = evaluate_methods(
+            {"original query": None, "zero-shot rewriter": rewriter}, template, eval_data, eval_scorer, script_args
+        )
 
     trainer.train()
     say("Training completed.")
     output_dir = Path(training_args.output_dir)
 
     if script_args.evaluate_before_after:
-        after = evaluate_before_after(rewriter, eval_data, eval_scorer, script_args, "GRAPE rewriter")
+        after = evaluate_methods({"GRAPE rewriter": rewriter}, template, eval_data, eval_scorer, script_args)
         results = {**before["results"], **after["results"]}
         rewrites = {**before["rewrites"], **after["rewrites"]}
         title = (
