@@ -16,7 +16,7 @@ queries (multilingual: the same images in each of the four languages). Everythin
 numbers.
 
     python benchmarks/shapes_grape.py --quick    # tiny: 48 queries per shift, 3 GRPO steps of 1 prompt x 4
-    python benchmarks/shapes_grape.py            # full: 200 queries per shift, 30 GRPO steps of 2 prompts x 4
+    python benchmarks/shapes_grape.py            # full: 200 queries per shift, 40 GRPO steps of 2 prompts x 4
     python benchmarks/shapes_grape.py --ship     # ... and ship the rank rewriters into the package
 
 Stages are cached under --output_dir, so an interrupted run resumes. Merges the methods into
@@ -57,6 +57,7 @@ TRAIN_SEED = 2  # the retriever was trained on seed 0, the evaluation corpus is 
 REWARDS = {"rank": "GRAPE (GRPO, rank)", "similarity": "GRPO, similarity"}
 METHODS = ("no rewrite", "SmolLM2 zero-shot", *REWARDS.values())
 ORACLE = "oracle (target caption)"
+REFERENCE = "reference caption as query"  # composed only: what copying the reference, ignoring the edit, gets
 # prompts.json's multilingual prompt names German; the shapes queries come in four languages.
 MULTILINGUAL_PROMPT = {
     "system": "You rewrite search queries for an English image-caption search engine.",
@@ -78,18 +79,28 @@ class Budget:
     grpo_generations: int
     learning_rate: float = 1e-4
     eval_images: int = 1000
+    long_form_prompts: int | None = None  # prompts a step for long-form (3x longer prompts); None: grpo_prompts
+
+    def prompts_per_step(self, shift: str) -> int:
+        if shift == "long_form" and self.long_form_prompts is not None:
+            return self.long_form_prompts
+        return self.grpo_prompts
 
 
 # Sized by what a GRPO step costs here: forward + backward over prompt and completion, ~7 ms a token on 2 idle cores
-# (a long-form prompt with its demonstration is ~460 tokens), so 2 prompts x 4 generations a step.
+# (a long-form prompt with its demonstration is ~330 tokens, the others ~150), so 2 prompts x 8 generations a step,
+# and one prompt a step for long-form. lr 1e-4: at 5e-4 the multilingual and long-form policies left the caption style
+# within 40 steps and their training reward fell (results/shapes_grape.md); at 1e-4 composed's rose (shapes_grape_lr1e-4).
 FULL = Budget(
     eval_queries=200,
     curve_queries=16,
-    curve_every=15,
+    curve_every=10,
     train_images=1000,
-    grpo_steps=30,
+    grpo_steps=40,
     grpo_prompts=2,
     grpo_generations=4,
+    learning_rate=1e-4,
+    long_form_prompts=1,
 )
 QUICK = Budget(
     eval_queries=48,
@@ -249,7 +260,7 @@ def grpo(
     args = GRPOConfig(
         output_dir=str(run / "trainer"),
         max_steps=budget.grpo_steps,
-        per_device_train_batch_size=budget.grpo_prompts * budget.grpo_generations,
+        per_device_train_batch_size=budget.prompts_per_step(template.shift) * budget.grpo_generations,
         num_generations=budget.grpo_generations,
         max_completion_length=MAX_NEW_TOKENS,
         learning_rate=budget.learning_rate,
@@ -261,6 +272,7 @@ def grpo(
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        bf16=True,  # CPU autocast: about twice as fast as fp32 here (avx512_bf16); the LoRA weights stay fp32
         seed=0,
     )
     # No column may be called "image": TRL would read it as the prompt's picture. The rows hold none.
@@ -374,7 +386,7 @@ def ship(shift: str, run: Path, template: PromptTemplate, evaluation: dict, budg
         reward="rank",
         training={
             "grpo_steps": budget.grpo_steps,
-            "prompts_per_step": budget.grpo_prompts,
+            "prompts_per_step": budget.prompts_per_step(shift),
             "num_generations": budget.grpo_generations,
             "learning_rate": budget.learning_rate,
             "max_completion_length": MAX_NEW_TOKENS,
@@ -399,6 +411,10 @@ def main() -> None:
     parser.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
     parser.add_argument("--eval_queries", type=int, default=None, help="Override the mode's queries per shift.")
     parser.add_argument("--grpo_steps", type=int, default=None, help="Override the mode's GRPO steps.")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Override the mode's GRPO learning rate.")
+    parser.add_argument(
+        "--tag", default=None, help="Suffix of the results files (default: '_quick' with --quick, else none)."
+    )
     parser.add_argument(
         "--ship",
         action="store_true",
@@ -412,7 +428,9 @@ def main() -> None:
     if args.grpo_steps is not None:
         budget.grpo_steps = args.grpo_steps
         budget.curve_every = min(budget.curve_every, args.grpo_steps)
-    tag = "_quick" if args.quick else ""
+    if args.learning_rate is not None:
+        budget.learning_rate = args.learning_rate
+    tag = args.tag if args.tag is not None else ("_quick" if args.quick else "")
     out = args.output_dir or (REPO / "outputs" / f"shapes_grape{tag}")
     out.mkdir(parents=True, exist_ok=True)
     stage_file = out / "results.json"
@@ -460,6 +478,9 @@ def main() -> None:
         if ORACLE not in stages.get(shift, {}):
             t = time.time()
             record(shift, ORACLE, score(eval_scorer, [r["target_caption"] for r in rows], rows), time.time() - t)
+        if shift == "composed" and REFERENCE not in stages[shift]:
+            t = time.time()
+            record(shift, REFERENCE, score(eval_scorer, [r["reference"] for r in rows], rows), time.time() - t)
         if "SmolLM2 zero-shot" not in stages.get(shift, {}):
             t = time.time()
             texts = rewrite(load_rewriter(None, template), rows)
@@ -496,7 +517,9 @@ def main() -> None:
     done = [s for s in SHIFTS if s in stages]
     final: dict = {}
     for shift in done:
-        final[shift] = {m: {k: stages[shift][m][k] for k in METRICS} for m in METHODS if m in stages[shift]}
+        final[shift] = {
+            m: {k: stages[shift][m][k] for k in METRICS} for m in (*METHODS, REFERENCE) if m in stages[shift]
+        }
         if shift == "multilingual":
             for language in SHIFT_LANGUAGES:
                 final[f"multilingual/{language}"] = {
@@ -549,7 +572,8 @@ def main() -> None:
         f"Retriever `{RETRIEVER}` ranks {budget.eval_images} images of seed {EVAL_SEED} (text → image); rewriter "
         f"SmolLM2-135M-Instruct (bf16, greedy), GRPO with LoRA r={LORA['r']} on seed {TRAIN_SEED}'s world for "
         f"{budget.grpo_steps} steps of {budget.grpo_prompts} prompt(s) × {budget.grpo_generations} generations "
-        f"(lr {budget.learning_rate}, β = 0). `{command.strip()}`: the stages took {stage_total:.0f} s "
+        + (f"(long-form: {budget.long_form_prompts} prompt) " if budget.long_form_prompts else "")
+        + f"(lr {budget.learning_rate}, β = 0). `{command.strip()}`: the stages took {stage_total:.0f} s "
         f"with {torch.get_num_threads()} torch thread(s).",
         "",
     ]

@@ -1,6 +1,7 @@
 """The rewriter shipped inside grape_hf (trained by benchmarks/multi30k_de.py) loads offline in one line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,38 @@ def test_unknown_shipped_name():
     with pytest.raises(ValueError, match="No shipped rewriter named 'nope'; grape_hf ships"):
         shipped_rewriter_path("nope")
     assert "smollm2-135m-grape-multi30k-de" in shipped_rewriters()
+
+
+SHAPES_REWRITERS = [name for name in shipped_rewriters() if name.startswith("smollm2-135m-grape-shapes-")]
+
+
+@pytest.mark.parametrize("name", SHAPES_REWRITERS)
+def test_shipped_shapes_rewriters_describe_their_run(name):
+    """Each shapes rewriter names its retriever, shift and training run, and its numbers are the benchmark's."""
+    path = shipped_rewriter_path(name)
+    meta = json.loads((path / "grape_rewriter.json").read_text())
+    assert meta["retriever"] == "open_clip:grape-shapes-clip@grape-shapes" and meta["reward"] == "rank"
+    assert name.endswith(meta["shift"].replace("_", "-"))
+    assert "benchmarks/shapes_grape.py" in meta["training"]["command"]
+    assert (path / "adapter" / "adapter_model.safetensors").stat().st_size < 12_000_000
+    command = meta["training"]["command"].split()
+    tag = command[command.index("--tag") + 1] if "--tag" in command else ""
+    results = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / f"shapes{tag}.json").read_text())
+    for key, method in (("after", "GRAPE (GRPO, rank)"), ("zero_shot", "SmolLM2 zero-shot")):
+        assert meta["evaluation"][key]["R@10"] == pytest.approx(results[meta["shift"]][method]["R@10"])
+
+
+@pytest.mark.parametrize("name", SHAPES_REWRITERS)
+def test_shipped_shapes_rewriters_run_through_the_pipeline(name, smollm2_tokenizer_dir):
+    from transformers import pipeline
+
+    import grape_hf  # noqa: F401  (registers "grape-rewrite")
+
+    rewriter = pipeline("grape-rewrite", model=str(shipped_rewriter_path(name)), max_new_tokens=24)
+    if name.endswith("composed"):
+        out = rewriter("make the circle green", reference="a small red circle on the left")
+    elif name.endswith("multilingual"):
+        out = rewriter("ein kleiner roter Kreis links")
+    else:
+        out = rewriter("I once saw a picture, I think from a puzzle book, of a small red circle on the left side.")
+    assert out["rewrite"].strip() and out["rewrite"] != out["query"]
