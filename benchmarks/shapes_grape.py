@@ -8,6 +8,7 @@ SmolLM2-135M-Instruct; the methods are:
 - `SmolLM2 zero-shot`: the shift's prompt (with a few demonstrations drawn from the train seed), no training;
 - `GRAPE (GRPO, rank)`: LoRA GRPO from the zero-shot rewriter with the corpus-relative rank reward;
 - `GRPO, similarity`: the same with the naive reward, the cosine similarity to the target image.
+- composed also gets `reference caption as query`: copying the reference and ignoring the edit.
 
 Training queries and their corpus come from the world of seed 2 (minus the queries whose target caption is in the
 evaluation corpus, so that no evaluation scene is a training target). Evaluation ranks the target among the 1,000 images of seed 1 (the
@@ -88,9 +89,10 @@ class Budget:
 
 
 # Sized by what a GRPO step costs here: forward + backward over prompt and completion, ~7 ms a token on 2 idle cores
-# (a long-form prompt with its demonstration is ~330 tokens, the others ~150), so 2 prompts x 8 generations a step,
+# (a long-form prompt with its demonstration is ~330 tokens, the others ~150), so 2 prompts x 4 generations a step,
 # and one prompt a step for long-form. lr 1e-4: at 5e-4 the multilingual and long-form policies left the caption style
-# within 40 steps and their training reward fell (results/shapes_grape.md); at 1e-4 composed's rose (shapes_grape_lr1e-4).
+# within 40 steps and their training reward fell (results/shapes_grape_lr5e-4.md); at 1e-4 composed's rose
+# (results/shapes_grape.md).
 FULL = Budget(
     eval_queries=200,
     curve_queries=16,
@@ -272,7 +274,9 @@ def grpo(
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        bf16=True,  # CPU autocast: about twice as fast as fp32 here (avx512_bf16); the LoRA weights stay fp32
+        # CPU autocast, as the shipped results were made. Not faster here: multilingual steps took ~35 s for 16
+        # completions in fp32 and ~17 s for 8 in bf16. The LoRA weights stay fp32.
+        bf16=True,
         seed=0,
     )
     # No column may be called "image": TRL would read it as the prompt's picture. The rows hold none.
