@@ -8,6 +8,10 @@ supervised warm start on task1's German→English translations; GRPO from that w
 
     python benchmarks/multi30k_de.py --quick     # a few steps of everything (~10 min here)
     python benchmarks/multi30k_de.py             # the full run
+    # the 240-step run in benchmarks/RESULTS.md (all 1,014 val queries; ~70 min here, with its sft/ linked in):
+    python benchmarks/multi30k_de.py --output_dir outputs/m30k_long2 --tag _long --rewards rank --eval_queries 0 \
+        --curve_queries 200 --curve_every 40 --grpo_steps 240 --grpo_prompts 4 --grpo_generations 4 \
+        --num_iterations 2 --learning_rate 2e-4
 
 Stages are cached under --output_dir, so an interrupted run resumes. Writes benchmarks/results/multi30k_de.json
 (method -> metric -> value), plots, and benchmarks/results/multi30k_de.md.
@@ -21,6 +25,7 @@ import gzip
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +60,9 @@ class Budget:
     grpo_generations: int
     curve_every: int
     train_images: int
+    learning_rate: float = 1e-4
+    num_iterations: int = 1  # GRPO's μ: optimizer passes over each generated batch
+    steps_per_generation: int = 1  # optimizer steps each generation round is split into
 
 
 # Sized for ~75 minutes on this 2-core CPU: greedy generation of all 1,014 queries takes ~20 minutes per method here,
@@ -95,7 +103,8 @@ def read(path: Path) -> list[str]:
 
 
 def few_shot_candidates() -> dict[str, PromptTemplate]:
-    """Prompt-only baselines: the default instruction, with 3 or 5 task1 demonstrations, and a caption-style one."""
+    """Prompt-only candidates: the default instruction (the zero-shot row), a caption-style one, and the default with
+    3 or 5 task1 demonstrations."""
     de = read(MULTI30K / "task1" / "train.de.gz")
     en = read(MULTI30K / "task1" / "train.en.gz")
     rng = random.Random(0)
@@ -108,6 +117,7 @@ def few_shot_candidates() -> dict[str, PromptTemplate]:
         "user": "Write a short English caption of the image that this German text describes.\n\n{query}",
     }
     return {
+        "zero-shot, default instruction": base,
         "zero-shot, caption instruction": get_prompt_template("multilingual", caption),
         "3-shot": get_prompt_template("multilingual", {**base.to_dict(), "examples": examples[:3]}),
         "5-shot": get_prompt_template("multilingual", {**base.to_dict(), "examples": examples}),
@@ -212,8 +222,10 @@ def grpo(
         max_steps=budget.grpo_steps,
         per_device_train_batch_size=budget.grpo_prompts * budget.grpo_generations,
         num_generations=budget.grpo_generations,
+        num_iterations=budget.num_iterations,
+        steps_per_generation=budget.steps_per_generation,
         max_completion_length=32,
-        learning_rate=1e-4,
+        learning_rate=budget.learning_rate,
         lr_scheduler_type="constant",
         temperature=1.0,
         beta=0.0,
@@ -268,11 +280,13 @@ def plot(curves: dict[str, dict], path_r10: Path, path_inflation: Path) -> None:
     fig.savefig(path_r10, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, reward in zip(axes, ("rank", "similarity")):
-        c = curves.get(reward)
-        if not c:
-            continue
+    panels = [reward for reward in ("rank", "similarity") if reward in curves]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, reward in zip(axes, panels):
+        c = curves[reward]
         ax.plot(c["train_steps"], c["target_similarity"], label="to the target")
         ax.plot(c["train_steps"], c["nontarget_similarity"], label="to non-targets (mean)")
         ax.set_title(f"reward = {reward}")
@@ -312,7 +326,9 @@ def ship(run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, 
             "grpo_steps": budget.grpo_steps,
             "prompts_per_step": budget.grpo_prompts,
             "num_generations": budget.grpo_generations,
-            "learning_rate": 1e-4,
+            "learning_rate": budget.learning_rate,
+            "num_iterations": budget.num_iterations,
+            "steps_per_generation": budget.steps_per_generation,
             "max_completion_length": 32,
             "beta": 0.0,
             "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
@@ -331,12 +347,42 @@ def main() -> None:
     parser.add_argument("--ship", action="store_true", help="Copy the GRAPE (rank) rewriter into the package.")
     parser.add_argument("--grpo_steps", type=int, default=None, help="Override the budget's GRPO steps.")
     parser.add_argument(
+        "--eval_queries", type=int, default=None, help="Override the val queries evaluated (0: all 1,014)."
+    )
+    parser.add_argument("--curve_queries", type=int, default=None, help="Override the val queries of the R@10 curve.")
+    parser.add_argument("--curve_every", type=int, default=None, help="Override the steps between curve points.")
+    parser.add_argument("--grpo_prompts", type=int, default=None, help="Override the prompts per optimizer step.")
+    parser.add_argument("--grpo_generations", type=int, default=None, help="Override the completions per prompt.")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Override the GRPO learning rate (1e-4).")
+    parser.add_argument(
+        "--num_iterations", type=int, default=None, help="GRPO's μ: optimizer passes over each generated batch (1)."
+    )
+    parser.add_argument(
+        "--steps_per_generation", type=int, default=None, help="Optimizer steps per generation round (1)."
+    )
+    parser.add_argument(
         "--tag", default=None, help="Suffix of the results files (default: '_quick' with --quick, else none)."
     )
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
-    if args.grpo_steps is not None:
-        budget = dataclasses.replace(budget, grpo_steps=args.grpo_steps)
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "eval_queries",
+            "curve_queries",
+            "curve_every",
+            "grpo_steps",
+            "grpo_prompts",
+            "grpo_generations",
+            "learning_rate",
+            "num_iterations",
+            "steps_per_generation",
+        )
+        if getattr(args, k) is not None
+    }
+    budget = dataclasses.replace(budget, **overrides)
+    if budget.eval_queries == 0:
+        budget = dataclasses.replace(budget, eval_queries=None)
     tag = args.tag if args.tag is not None else ("_quick" if args.quick else "")
     out = Path(args.output_dir or (REPO / "outputs" / ("multi30k_de_quick" if args.quick else "multi30k_de")))
     out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +390,11 @@ def main() -> None:
     stage_file = out / "results.json"
     results: dict = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
     timings: dict = results.pop("_seconds", {})
+    if results.setdefault("_budget", dataclasses.asdict(budget)) != dataclasses.asdict(budget):
+        raise ValueError(
+            f"{out} caches a run with other sizes ({results['_budget']}) than this one ({dataclasses.asdict(budget)}); "
+            "pass another --output_dir or delete it."
+        )
 
     def record(name, metrics, seconds, rewrites=None):
         results[name] = metrics
@@ -398,24 +449,15 @@ def main() -> None:
         metrics, rewrites = evaluate_method(load_rewriter(None, template), queries, targets, val_scorer)
         record("SmolLM2 zero-shot", metrics, time.time() - t, rewrites)
 
-    best_name = results.get("_best_prompt")
     if "best prompt-only" not in results:
         t = time.time()
-        sel = load_multi30k(
-            MULTI30K,
-            split="train",
-            task="task2",
-            max_images=budget.train_images,
-            max_queries=budget.select_queries,
-            seed=5,
-        )
+        # Selection queries come from the GRPO training images, so their target ids index train_scorer's corpus.
+        sel = train.queries.shuffle(seed=5).select(range(budget.select_queries))
         candidates = few_shot_candidates()
         scores = {}
         for name, cand in candidates.items():
             rw = load_rewriter(None, cand)
-            scores[name] = evaluate_method(
-                rw, list(sel.queries["query"]), list(sel.queries["target_id"]), train_scorer
-            )[0]["R@10"]
+            scores[name] = evaluate_method(rw, list(sel["query"]), list(sel["target_id"]), train_scorer)[0]["R@10"]
             log(f"prompt candidate {name!r}: train R@10 {scores[name]}")
         best_name = max(scores, key=scores.get)
         metrics, rewrites = evaluate_method(load_rewriter(None, candidates[best_name]), queries, targets, val_scorer)
@@ -482,7 +524,7 @@ def main() -> None:
             template,
             evaluation,
             budget,
-            "python benchmarks/multi30k_de.py" + (" --quick" * args.quick),
+            " ".join(["python", "benchmarks/multi30k_de.py", *sys.argv[1:]]),
         )
         log(f"shipped to {SHIPPED}")
 
