@@ -63,6 +63,7 @@ class Budget:
     learning_rate: float = 1e-4
     num_iterations: int = 1  # GRPO's μ: optimizer passes over each generated batch
     steps_per_generation: int = 1  # optimizer steps each generation round is split into
+    beta: float = 0.0  # KL coefficient; > 0 keeps the policy near the warm start (TRL copies it as the reference)
 
 
 # Sized for ~75 minutes on this 2-core CPU: greedy generation of all 1,014 queries takes ~20 minutes per method here,
@@ -228,7 +229,7 @@ def grpo(
         learning_rate=budget.learning_rate,
         lr_scheduler_type="constant",
         temperature=1.0,
-        beta=0.0,
+        beta=budget.beta,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -330,7 +331,7 @@ def ship(run: Path, template: PromptTemplate, evaluation: dict, budget: Budget, 
             "num_iterations": budget.num_iterations,
             "steps_per_generation": budget.steps_per_generation,
             "max_completion_length": 32,
-            "beta": 0.0,
+            "beta": budget.beta,
             "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
             "command": command,
         },
@@ -357,6 +358,7 @@ def main() -> None:
     parser.add_argument(
         "--num_iterations", type=int, default=None, help="GRPO's μ: optimizer passes over each generated batch (1)."
     )
+    parser.add_argument("--beta", type=float, default=None, help="Override the KL coefficient (0).")
     parser.add_argument(
         "--steps_per_generation", type=int, default=None, help="Optimizer steps per generation round (1)."
     )
@@ -377,6 +379,7 @@ def main() -> None:
             "learning_rate",
             "num_iterations",
             "steps_per_generation",
+            "beta",
         )
         if getattr(args, k) is not None
     }
