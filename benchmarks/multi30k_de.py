@@ -9,8 +9,8 @@ supervised warm start on task1's German→English translations; GRPO from that w
     python benchmarks/multi30k_de.py --quick     # a few steps of everything (~10 min here)
     python benchmarks/multi30k_de.py             # the full run
     # the 240-step run in benchmarks/RESULTS.md (all 1,014 val queries; ~70 min here, with its sft/ linked in):
-    python benchmarks/multi30k_de.py --output_dir outputs/m30k_long2 --tag _long --rewards rank --eval_queries 0 \
-        --curve_queries 200 --curve_every 40 --grpo_steps 240 --grpo_prompts 4 --grpo_generations 4 \
+    python benchmarks/multi30k_de.py --output_dir outputs/m30k_long2 --tag _long --rewards rank --eval_queries 0 \\
+        --curve_queries 200 --curve_every 40 --grpo_steps 240 --grpo_prompts 4 --grpo_generations 4 \\
         --num_iterations 2 --learning_rate 2e-4
 
 Stages are cached under --output_dir, so an interrupted run resumes. Writes benchmarks/results/multi30k_de.json
@@ -66,8 +66,9 @@ class Budget:
     beta: float = 0.0  # KL coefficient; > 0 keeps the policy near the warm start (TRL copies it as the reference)
 
 
-# Sized for ~75 minutes on this 2-core CPU: greedy generation of all 1,014 queries takes ~20 minutes per method here,
-# so the final numbers use a seeded subset of 200 val queries ranked against all 1,014 val descriptions.
+# Sized for ~75 minutes on this 2-core CPU, so the final numbers use a seeded subset of 200 val queries ranked against
+# all 1,014 val descriptions: greedy generation of all 1,014 queries took 3–6 min per method on the idle machine
+# (the 240-step run, 2026-11-28) and ~20 min under contention. `--eval_queries 0` evaluates all of them.
 FULL = Budget(
     eval_queries=200,
     curve_queries=48,
@@ -367,23 +368,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "eval_queries",
-            "curve_queries",
-            "curve_every",
-            "grpo_steps",
-            "grpo_prompts",
-            "grpo_generations",
-            "learning_rate",
-            "num_iterations",
-            "steps_per_generation",
-            "beta",
-        )
-        if getattr(args, k) is not None
-    }
-    budget = dataclasses.replace(budget, **overrides)
+    # Every --flag named like a Budget field overrides it.
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Budget)}
+    budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     if budget.eval_queries == 0:
         budget = dataclasses.replace(budget, eval_queries=None)
     tag = args.tag if args.tag is not None else ("_quick" if args.quick else "")
