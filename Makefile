@@ -22,9 +22,9 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 quality: setup
-	$(BIN)/ruff check src tests recipes benchmarks
-	$(BIN)/ruff format --check src tests recipes benchmarks
+	$(BIN)/ruff check grape_hf tests recipes benchmarks
+	$(BIN)/ruff format --check grape_hf tests recipes benchmarks
 
 style: setup
-	$(BIN)/ruff check --fix src tests recipes benchmarks
-	$(BIN)/ruff format src tests recipes benchmarks
+	$(BIN)/ruff check --fix grape_hf tests recipes benchmarks
+	$(BIN)/ruff format grape_hf tests recipes benchmarks

@@ -45,7 +45,7 @@ from grape_hf.rewriter import QueryRewriter, RewriterConfig  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
 RETRIEVER = "sentence-transformers:all-MiniLM-L6-v2"
-SHIPPED = REPO / "src" / "grape_hf" / "assets" / "rewriters" / "smollm2-135m-grape-multi30k-de"
+SHIPPED = REPO / "grape_hf" / "assets" / "rewriters" / "smollm2-135m-grape-multi30k-de"
 
 
 @dataclass

@@ -50,7 +50,7 @@ from grape_hf.shapes import SHIFT_LANGUAGES, build_shift  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ASSETS = REPO / "src" / "grape_hf" / "assets" / "rewriters"
+ASSETS = REPO / "grape_hf" / "assets" / "rewriters"
 RETRIEVER = "open_clip:grape-shapes-clip@grape-shapes"
 SHIFTS = ("multilingual", "long_form", "composed")
 EVAL_SEED = 1  # the corpus of shapes_baselines.py
@@ -422,7 +422,7 @@ def main() -> None:
     parser.add_argument(
         "--ship",
         action="store_true",
-        help="Ship each shift's rank rewriter into src/grape_hf/assets/rewriters/ (with --quick: into the "
+        help="Ship each shift's rank rewriter into grape_hf/assets/rewriters/ (with --quick: into the "
         "output dir, never the package).",
     )
     args = parser.parse_args()

@@ -3,11 +3,11 @@
     python benchmarks/train_shapes_clip.py
 
 Seeded and CPU-only: draws 25,600 scene/caption pairs from seed 0, trains the 5.5M-parameter model of
-`src/grape_hf/model_configs/grape-shapes-clip.json` with open_clip's contrastive loss (batch 128, 800 steps, about
+`grape_hf/model_configs/grape-shapes-clip.json` with open_clip's contrastive loss (batch 128, 800 steps, about
 two minutes on two CPU cores), then writes, in open_clip's own state-dict format,
 
-- `src/grape_hf/assets/grape-shapes-clip/open_clip_model.safetensors` (fp16), and
-- `src/grape_hf/assets/grape-shapes-clip/README.md`, the model card with the text->image R@1/5/10 of the saved
+- `grape_hf/assets/grape-shapes-clip/open_clip_model.safetensors` (fp16), and
+- `grape_hf/assets/grape-shapes-clip/README.md`, the model card with the text->image R@1/5/10 of the saved
   checkpoint, reloaded through `grape_hf.load_retriever`, on a held-out corpus of 1,000 images (seed 1).
 """
 
@@ -67,7 +67,7 @@ model, _, preprocess = open_clip.create_model_and_transforms("{arch}", pretraine
 tokenizer = open_clip.get_tokenizer("{arch}")
 ```
 
-## Config (`src/grape_hf/model_configs/{arch}.json`)
+## Config (`grape_hf/model_configs/{arch}.json`)
 
 ```json
 {config}
