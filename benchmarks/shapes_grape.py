@@ -300,7 +300,7 @@ def grpo(
         "eval_R@10": [m["R@10"] for _, m in history],
         "eval_MRR": [m["MRR"] for _, m in history],
         "train_steps": [e["step"] for e in logs],
-        "train_recall@10": [e["grape/recall@10"] for e in logs],
+        "train_recall@10": [e["grape/R@10"] for e in logs],
         "train_mean_rank": [e["grape/mean_rank"] for e in logs],
         "target_similarity": [e["grape/target_similarity"] for e in logs],
         "nontarget_similarity": [e["grape/nontarget_similarity"] for e in logs],

@@ -8,37 +8,11 @@ from pathlib import Path
 
 import torch
 
+from .metrics import MEAN_RANK, METRICS, retrieval_metrics
 from .rewriter import QueryRewriter
 from .scorer import CLIPRankScorer
 
-METRICS = ("R@1", "R@5", "R@10", "MRR", "nDCG@10")
-
-
-def retrieval_metrics(ranks) -> dict[str, float]:
-    r"""Metrics of 1-based ranks (one relevant item per query; the best-ranked one for several).
-
-    $\mathrm{R@k} = \mathrm{mean}[\mathrm{rank} \le k]$, $\mathrm{MRR} = \mathrm{mean}(1/\mathrm{rank})$,
-    $\mathrm{nDCG@10} = \mathrm{mean}([\mathrm{rank} \le 10] / \log_2(1 + \mathrm{rank}))$.
-
-    Example:
-    ```python
-    >>> from grape_hf.evaluation import retrieval_metrics
-    >>> retrieval_metrics([1, 3, 20])["R@5"]
-    0.6667
-    ```
-    """
-    ranks = torch.as_tensor(ranks, dtype=torch.float32)
-    if ranks.numel() == 0:
-        raise ValueError("No ranks to evaluate: the query set is empty.")
-    out = {
-        "R@1": (ranks <= 1).float().mean().item(),
-        "R@5": (ranks <= 5).float().mean().item(),
-        "R@10": (ranks <= 10).float().mean().item(),
-        "MRR": (1.0 / ranks).mean().item(),
-        "nDCG@10": torch.where(ranks <= 10, 1.0 / torch.log2(1.0 + ranks), torch.zeros_like(ranks)).mean().item(),
-    }
-    return {k: round(v, 4) for k, v in out.items()}
-
+__all__ = ["METRICS", "retrieval_metrics", "evaluate_retrieval", "evaluate_rewriters", "markdown_table", "save_results"]
 
 def evaluate_retrieval(scorer: CLIPRankScorer, queries: list[str], target_ids) -> dict[str, float]:
     """Rank each query's target among the scorer's corpus and return [`retrieval_metrics`] plus the mean rank.
@@ -52,7 +26,7 @@ def evaluate_retrieval(scorer: CLIPRankScorer, queries: list[str], target_ids) -
     if keep:
         ranks[keep] = scorer.ranks([queries[i] for i in keep], [targets[i] for i in keep])
     metrics = retrieval_metrics(ranks)
-    metrics["mean_rank"] = round(ranks.float().mean().item(), 2)
+    metrics[MEAN_RANK] = round(ranks.float().mean().item(), 2)
     return metrics
 
 

@@ -16,13 +16,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from .metrics import CARD_NAMES
 from .rewriter import REWRITER_CONFIG_NAME, RewriterConfig
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
 PROMPTS_FILE = Path(__file__).with_name("prompts.json")
 PAPER_URL = "https://arxiv.org/abs/2509.23370"
-# metric key in RewriterConfig.evaluation -> model-index metric type (MTEB's names)
-METRICS = {"R@1": "recall_at_1", "R@5": "recall_at_5", "R@10": "recall_at_10", "MRR": "mrr", "nDCG@10": "ndcg_at_10"}
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "pytorch_model*.bin")  # fmt: skip
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -120,7 +119,7 @@ def build_model_card(
     dataset = config.get("dataset") or evaluation.get("dataset") or "custom"
     name = model_id or "grape-rewriter"
     eval_results, rows = [], []
-    for key, metric_type in METRICS.items():
+    for key, metric_type in CARD_NAMES.items():
         if key not in before and key not in after:
             continue
         rows.append((key, _fmt(before.get(key)), _fmt(zero_shot.get(key)), _fmt(after.get(key))))

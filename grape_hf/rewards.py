@@ -11,13 +11,25 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from .rewriter import completion_text
+from .metrics import MEAN_RANK, prefix_metrics, retrieval_metrics
 from .scorer import CLIPRankScorer, RankStats
 
 RewardVariant = Callable[[RankStats], torch.Tensor]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion, standard (`str`) or conversational (`[{"role": "assistant", "content": ...}]`)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in completion)
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    raise TypeError(f"A completion must be a string or a list of messages, got {type(completion).__name__}.")
 
 
 def rank_reward(stats: RankStats) -> torch.Tensor:
@@ -100,7 +112,7 @@ class GRAPERewardFunction:
             (0 for rank, -1 for similarity, -2 for margin, else -1).
         metric_prefix (`str`, *optional*, defaults to `"grape"`): Prefix of the logged metrics.
 
-    Every call logs the completions' `mean_rank`, `recall@1`, `recall@5`, `recall@10`, `mrr`,
+    Every call logs the completions' `mean_rank`, `R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` (the names of [`~grape_hf.metrics`]),
     `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
     monitor) as `<metric_prefix>/<name>`. Inside `GRPOTrainer` they go through TRL's `log_metric`; outside it
     they are kept in `last_metrics`. Rewards are never NaN.
@@ -183,16 +195,13 @@ class GRAPERewardFunction:
     def _log(self, stats: RankStats, num_completions: int, log_metric) -> None:
         ranks = stats.ranks.float()
         metrics = {
-            "mean_rank": ranks.mean().item(),
-            "recall@1": (ranks <= 1).float().mean().item(),
-            "recall@5": (ranks <= 5).float().mean().item(),
-            "recall@10": (ranks <= 10).float().mean().item(),
-            "mrr": (1.0 / ranks).mean().item(),
+            MEAN_RANK: ranks.mean().item(),
+            **retrieval_metrics(ranks, digits=None),
             "target_similarity": stats.target_similarity.mean().item(),
             "nontarget_similarity": stats.nontarget_similarity.mean().item(),
             "empty_fraction": 1.0 - len(ranks) / num_completions,
         }
-        self.last_metrics = {f"{self.metric_prefix}/{k}": v for k, v in metrics.items()}
+        self.last_metrics = prefix_metrics(self.metric_prefix, metrics)
         if log_metric is not None:
             for name, value in self.last_metrics.items():
                 log_metric(name, value)

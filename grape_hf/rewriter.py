@@ -25,17 +25,6 @@ _MODEL_FILES = ("config.json",)
 _ADAPTER_FILES = ("adapter_config.json",)
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one completion, standard (`str`) or conversational (`[{"role": "assistant", "content": ...}]`)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in completion)
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"A completion must be a string or a list of messages, got {type(completion).__name__}.")
-
-
 def clean_rewrite(text: str) -> str:
     """Normalise a generated rewrite: strip whitespace and wrapping quotes, keep the first non-empty line."""
     text = text.strip()

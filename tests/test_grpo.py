@@ -49,7 +49,7 @@ def test_grpo_trainer_two_steps_changes_parameters_and_logs_grape_metrics(
     assert changed, "no parameter changed"
     logs = [entry for entry in trainer.state.log_history if "rewards/grape_rank/mean" in entry]
     assert len(logs) == 2
-    for key in ("grape/mean_rank", "grape/recall@10", "grape/mrr", "grape/nontarget_similarity"):
+    for key in ("grape/mean_rank", "grape/R@10", "grape/MRR", "grape/nontarget_similarity"):
         assert all(key in entry for entry in logs), key
     assert all(1 <= entry["grape/mean_rank"] <= 12 for entry in logs)
 

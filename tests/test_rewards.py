@@ -74,17 +74,18 @@ def test_metrics_are_logged_through_log_metric(scorer):
         f"grape/{k}"
         for k in (
             "mean_rank",
-            "recall@1",
-            "recall@5",
-            "recall@10",
-            "mrr",
+            "R@1",
+            "R@5",
+            "R@10",
+            "MRR",
+            "nDCG@10",
             "target_similarity",
             "nontarget_similarity",
             "empty_fraction",
         )
     }
     assert set(logged) == expected_keys
-    assert logged["grape/recall@1"] == 0.5 and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
+    assert logged["grape/R@1"] == 0.5 and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
     assert logged == reward.last_metrics
 
 
