@@ -12,7 +12,15 @@ from .metrics import MEAN_RANK, METRICS, retrieval_metrics
 from .rewriter import QueryRewriter
 from .scorer import CLIPRankScorer
 
-__all__ = ["METRICS", "retrieval_metrics", "evaluate_retrieval", "evaluate_rewriters", "markdown_table", "save_results"]
+__all__ = [
+    "METRICS",
+    "retrieval_metrics",
+    "evaluate_retrieval",
+    "evaluate_rewriters",
+    "markdown_table",
+    "save_results",
+]
+
 
 def evaluate_retrieval(scorer: CLIPRankScorer, queries: list[str], target_ids) -> dict[str, float]:
     """Rank each query's target among the scorer's corpus and return [`retrieval_metrics`] plus the mean rank.

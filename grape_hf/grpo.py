@@ -13,10 +13,11 @@ from .configs import GRAPEScriptArguments
 from .data import GRAPEData, load_grape_dataset
 from .evaluation import evaluate_rewriters, markdown_table, save_results
 from .models import cache_home, resolve_model_path
-from .prompts import PromptTemplate, get_prompt_template
+from .prompts import PromptTemplate, get_prompt_template, to_prompt_dataset
 from .retrievers import load_retriever
 from .rewards import get_reward_funcs
-from .rewriter import QueryRewriter, RewriterConfig
+from .rewriter import QueryRewriter
+from .rewriter_folder import RewriterConfig
 from .scorer import CLIPRankScorer
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,6 @@ def load_split(script_args: GRAPEScriptArguments, split: str, seed: int) -> GRAP
 def build_scorer(retriever, data: GRAPEData, script_args: GRAPEScriptArguments) -> CLIPRankScorer:
     cache_dir = script_args.corpus_cache_dir or cache_home() / "corpus_embeddings"
     return CLIPRankScorer(retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives)
-
-
-def to_prompt_dataset(data: GRAPEData, template: PromptTemplate, reference_column: str = "reference"):
-    """Add TRL's conversational `prompt` column (the chat messages) to the query dataset."""
-    queries = data.queries
-
-    def add_prompt(example):
-        reference = example.get(reference_column) if template.needs_reference else None
-        return {"prompt": template.build_messages(example["query"], reference)}
-
-    return queries.map(add_prompt)
 
 
 def evaluate_methods(methods: dict, template: PromptTemplate, data, scorer, script_args) -> dict:

@@ -1,7 +1,7 @@
 """Saving and publishing trained rewriters: the folder layout, the model card, the upload.
 
-A published rewriter is the folder [`~grape_hf.pipeline.save_rewriter_folder`] writes (model or `adapter/`, tokenizer,
-`grape_rewriter.json`, the self-contained `grape_rewrite_pipeline.py`, `grape_prompts.json`) plus a `README.md` model
+A published rewriter is the folder [`~grape_hf.rewriter_folder.save_rewriter_folder`] writes (model or `adapter/`,
+tokenizer, `grape_rewriter.json`, the remote-code modules, `grape_prompts.json`) plus a `README.md` model
 card rendered from `templates/model_card.md`. [`build_upload_folder`] builds exactly what [`push_rewriter`] uploads,
 without network, from a folder saved here or a plain training output (a full model or a PEFT adapter).
 """
@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import CARD_NAMES
-from .rewriter import REWRITER_CONFIG_NAME, RewriterConfig
+from .rewriter_folder import (
+    ADAPTER_SUBFOLDER,
+    POINTER_MODEL_TYPE,
+    REWRITER_CONFIG_NAME,
+    RewriterConfig,
+    add_pipeline_files,
+    save_rewriter_folder,
+)
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
 PROMPTS_FILE = Path(__file__).with_name("prompts.json")
@@ -56,7 +63,7 @@ def save_rewriter(model, tokenizer, folder: str | Path, rewriter_config: Rewrite
         model: The rewriter LM or PEFT model.
         tokenizer: Its tokenizer.
         folder (`str` or `Path`): Where to write.
-        rewriter_config ([`~grape_hf.rewriter.RewriterConfig`] or `dict`, *optional*): Prompt, base model,
+        rewriter_config ([`~grape_hf.rewriter_folder.RewriterConfig`] or `dict`, *optional*): Prompt, base model,
             retriever, training settings and evaluation numbers.
 
     Returns:
@@ -69,8 +76,6 @@ def save_rewriter(model, tokenizer, folder: str | Path, rewriter_config: Rewrite
     PosixPath('outputs/rewriter')
     ```
     """
-    from .pipeline import ADAPTER_SUBFOLDER, save_rewriter_folder
-
     config = _as_dict(rewriter_config)
     prompts = json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
     folder = save_rewriter_folder(model, tokenizer, folder, rewriter_config=config, prompts=prompts)
@@ -89,7 +94,7 @@ def build_model_card(
     (`R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` when present in `rewriter_config.evaluation`).
 
     Args:
-        rewriter_config ([`~grape_hf.rewriter.RewriterConfig`] or `dict`): What `grape_rewriter.json` holds.
+        rewriter_config ([`~grape_hf.rewriter_folder.RewriterConfig`] or `dict`): What `grape_rewriter.json` holds.
         model_id (`str`, *optional*): The Hub repo id, used in the usage snippet and as the model-index name.
         is_adapter (`bool`, *optional*, defaults to `False`): Whether the weights are a PEFT adapter.
         base_model (`str`, *optional*): The base model's Hub id; defaults to `rewriter_config.base_model`.
@@ -200,8 +205,6 @@ def build_upload_folder(folder: str | Path, output_dir: str | Path, repo_id: str
     Returns:
         `Path`: `output_dir`.
     """
-    from .pipeline import ADAPTER_SUBFOLDER, POINTER_MODEL_TYPE, add_pipeline_files
-
     src, out = Path(folder), Path(output_dir)
     if not src.is_dir():
         raise FileNotFoundError(f"Rewriter folder {str(src)!r} does not exist.")

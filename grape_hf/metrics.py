@@ -18,7 +18,13 @@ METRICS = ("R@1", "R@5", "R@10", "MRR", "nDCG@10")
 MEAN_RANK = "mean_rank"
 PRIMARY_METRIC = "R@10"
 """The metric curves, selection and the bars of the benchmarks are read in."""
-CARD_NAMES = {"R@1": "recall_at_1", "R@5": "recall_at_5", "R@10": "recall_at_10", "MRR": "mrr", "nDCG@10": "ndcg_at_10"}
+CARD_NAMES = {
+    "R@1": "recall_at_1",
+    "R@5": "recall_at_5",
+    "R@10": "recall_at_10",
+    "MRR": "mrr",
+    "nDCG@10": "ndcg_at_10",
+}
 """Our metric key -> the model-index metric type of a Hub model card (MTEB's names)."""
 
 

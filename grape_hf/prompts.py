@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .rewriter_folder import render_messages
+from .rewriter_folder import render_prompt as _render_prompt
+
 _TEMPLATES_FILE = Path(__file__).with_name("prompts.json")
 
 
@@ -69,15 +72,12 @@ class PromptTemplate:
                 f"The {self.shift or 'given'!s} prompt template needs a reference caption (it contains "
                 "'{reference}'); pass `reference=`."
             )
-        messages = [{"role": "system", "content": self.system}] if self.system else []
-        for example in self.examples or []:
-            messages.append({"role": "user", "content": self._render(example["query"], example.get("reference"))})
-            messages.append({"role": "assistant", "content": example["rewrite"]})
-        messages.append({"role": "user", "content": self._render(query, reference)})
-        return messages
+        return render_messages(self.to_dict(), query, reference)
 
-    def _render(self, query: str, reference: str | None) -> str:
-        return self.user.replace("{query}", query).replace("{reference}", reference or "")
+    def render_prompt(self, tokenizer, query: str, reference: str | None = None) -> str:
+        """The prompt text for one query: `tokenizer`'s chat template applied, the generation prompt added."""
+        self.build_messages(query, reference)  # checks the reference
+        return _render_prompt(tokenizer, self.to_dict(), query, reference)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -117,3 +117,25 @@ def get_prompt_template(
     if shift not in builtin:
         raise ValueError(f"Unknown shift kind {shift!r}; choose one of {sorted(builtin)}.")
     return PromptTemplate.from_dict({"shift": shift, **builtin[shift]})
+
+
+def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "reference"):
+    """Add TRL's conversational `prompt` column (the chat messages) to a [`~grape_hf.data.GRAPEData`]'s queries.
+
+    Example:
+    ```python
+    >>> from datasets import Dataset
+    >>> from grape_hf.data import GRAPEData
+    >>> from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    >>> data = GRAPEData(Dataset.from_list([{"query": "Ein Hund", "target_id": 0}]), ["a dog"], "demo")
+    >>> to_prompt_dataset(data, get_prompt_template("multilingual"))[0]["prompt"][-1]["role"]
+    'user'
+    ```
+    """
+    queries = getattr(data, "queries", data)
+
+    def add_prompt(example):
+        reference = example.get(reference_column) if template.needs_reference else None
+        return {"prompt": template.build_messages(example["query"], reference)}
+
+    return queries.map(add_prompt)

@@ -24,11 +24,11 @@ EVALUATION = {
     "num_queries": 1000,
 }
 PUBLISHED = {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "grape_rewriter.json",
-             "grape_rewrite_pipeline.py", "grape_prompts.json", "README.md"}  # fmt: skip
+             "grape_rewrite_pipeline.py", "rewriter_folder.py", "grape_prompts.json", "README.md"}  # fmt: skip
 
 
 def rewriter_config(base: str, **overrides):
-    from grape_hf.rewriter import RewriterConfig
+    from grape_hf.rewriter_folder import RewriterConfig
 
     fields = {
         "prompt": PROMPT,
@@ -119,7 +119,7 @@ def test_card_shows_the_zero_shot_rewriter_when_recorded():
 
 def test_upload_folder_of_a_full_model(trained, tmp_path):
     from grape_hf.hub import build_upload_folder
-    from grape_hf.pipeline import REMOTE_TASK
+    from grape_hf.rewriter_folder import REMOTE_TASK
 
     out = build_upload_folder(trained["full"], tmp_path / "upload", repo_id="me/grape-full")
     assert {p.name for p in out.iterdir()} == PUBLISHED | {"model.safetensors", "generation_config.json"}
@@ -144,7 +144,7 @@ def test_upload_folder_of_a_bare_adapter_moves_it_and_publishes_a_hub_base(train
     )
     pointer = json.loads((out / "config.json").read_text())
     assert pointer["model_type"] == "grape_rewriter" and pointer["adapter_subfolder"] == "adapter"
-    assert pointer["auto_map"]["AutoModelForCausalLM"] == "grape_rewrite_pipeline.GRAPERewriterForCausalLM"
+    assert pointer["auto_map"]["AutoModelForCausalLM"] == "rewriter_folder.GRAPERewriterLoader"
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "grape-test/tiny-llama"
 

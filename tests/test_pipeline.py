@@ -151,13 +151,13 @@ def test_folder_that_is_neither_model_nor_adapter(tmp_path):
         pipeline("grape-rewrite", model=str(tmp_path))
 
 
-def test_bare_peft_output_and_load_rewriter_model_read_both_layouts(saved, pipes):
+def test_bare_peft_output_and_load_rewriter_read_both_layouts(saved, pipes):
     from grape_hf.pipeline import GRAPERewritePipeline
-    from grape_hf.rewriter import load_rewriter_model
+    from grape_hf.rewriter_folder import load_rewriter
 
     bare = GRAPERewritePipeline.from_pretrained(str(saved["bare-adapter"]), device="cpu", prompt=PROMPT)
     assert bare("Ein Hund rennt.", **VISIBLE)["rewrites"] == pipes["adapter"]("Ein Hund rennt.", **VISIBLE)["rewrites"]
-    model, tokenizer, config = load_rewriter_model(str(saved["adapter"]))
+    model, tokenizer, config = load_rewriter(str(saved["adapter"]))
     assert type(model).__name__ == "PeftModel" and config.prompt == PROMPT
 
 
@@ -191,11 +191,10 @@ def test_rewrite_then_retrieve_with_rank_fusion(pipes, minilm):
     assert reciprocal_rank_fusion([[3, 1, 2], [1, 3, 0]], rrf_k=0) == [(3, 1.5), (1, 1.5), (2, 1 / 3), (0, 1 / 3)]
 
 
-def test_prompts_and_cleaning_match_the_library(pipes):
-    """pipeline.py is self-contained (it ships as remote code), so it re-implements two small pieces: keep them equal."""
-    from grape_hf.pipeline import clean_rewrite as pipeline_clean
+def test_pipeline_and_query_rewriter_share_prompts_and_rewrites(pipes):
+    """One prompt rendering and one generation path: the pipeline and QueryRewriter give the same prompt and text."""
     from grape_hf.prompts import PromptTemplate
-    from grape_hf.rewriter import QueryRewriter, clean_rewrite
+    from grape_hf.rewriter import QueryRewriter
 
     pipe = pipes["full"]
     few_shot = {
@@ -206,5 +205,15 @@ def test_prompts_and_cleaning_match_the_library(pipes):
         library = QueryRewriter(pipe.model, pipe.tokenizer, PromptTemplate.from_dict(prompt))
         ours = pipe("Ein Hund", prompt=prompt, reference="a cat", max_new_tokens=1)["prompt"]
         assert ours == library.prompts(["Ein Hund"], ["a cat"])[0]
-    for text in ['  "A dog."  ', "\n\nA dog\nsecond line", "'x'", '"', "", "  plain  "]:
-        assert pipeline_clean(text) == clean_rewrite(text)
+    library = QueryRewriter(pipe.model, pipe.tokenizer, PromptTemplate.from_dict(PROMPT), max_new_tokens=8)
+    queries = ["Ein Hund rennt.", "Zwei Männer spielen Schach im Park."]
+    piped = [out["rewrites"] for out in pipe(queries, batch_size=2, prompt=PROMPT, max_new_tokens=8)]
+    assert library.rewrite(queries, batch_size=2) == piped
+
+
+def test_query_rewriter_refuses_a_bare_string(pipes):
+    from grape_hf.rewriter import QueryRewriter
+
+    library = QueryRewriter(pipes["full"].model, pipes["full"].tokenizer)
+    with pytest.raises(TypeError, match="Pass \\[query\\]"):
+        library.rewrite("Ein Hund rennt.")

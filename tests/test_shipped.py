@@ -80,3 +80,13 @@ def test_shipped_shapes_rewriters_run_through_the_pipeline(name, smollm2_tokeniz
     else:
         out = rewriter("I once saw a picture, I think from a puzzle book, of a small red circle on the left side.")
     assert out["rewrite"].strip() and out["rewrite"] != out["query"]
+
+
+@pytest.mark.parametrize("name", shipped_rewriters())
+def test_shipped_remote_code_equals_the_source(name):
+    """Each shipped folder's remote-code modules are the package's own, copied at save time (as on the Hub)."""
+    from grape_hf.rewriter_folder import remote_code_files
+
+    folder = shipped_rewriter_path(name)
+    for filename, source in remote_code_files().items():
+        assert (folder / filename).read_bytes() == source.read_bytes(), f"{name}/{filename}: run save_rewriter again"
