@@ -1,6 +1,6 @@
 # `make demo`: set up .venv and run the offline default GRAPE job (train, then evaluate before/after).
 # `make test`: set up .venv and run the test-suite. `make quality`: ruff.
-.PHONY: setup demo test test-slow quality style
+.PHONY: setup demo test quality style
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,9 +17,6 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
-
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
 
 quality: setup
 	$(BIN)/ruff check grape_hf tests recipes benchmarks

@@ -9,19 +9,16 @@ noun (`un círculo rojo pequeño`, `una cruz verde pequeña`); Chinese leads wit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .world import Scene, ShapeObject
+from .vocabulary import COLOURS, SHAPES, ObjectLike, SceneLike
 
 # Each language: nouns with their gender, adjectives by gender, the article by gender, position phrases, the order
 # of the words in an object phrase, and how object phrases are joined ("a, b and c").
 LANGUAGE_TABLES: dict[str, dict] = {
     "en": {
         "name": "English",
-        "nouns": {s: (s, "-") for s in ("circle", "square", "triangle", "cross", "diamond")},
+        "nouns": {s: (s, "-") for s in SHAPES},
         "articles": {"-": "a"},
-        "colours": {c: {"-": c} for c in ("red", "green", "blue", "yellow", "purple", "orange")},
+        "colours": {c: {"-": c} for c in COLOURS},
         "sizes": {"small": {"-": "small"}, "large": {"-": "large"}},
         "positions": {
             "top": "at the top",
@@ -162,7 +159,7 @@ def _table(language: str) -> dict:
     return LANGUAGE_TABLES[language]
 
 
-def describe_object(obj: ShapeObject, language: str = "en") -> str:
+def describe_object(obj: ObjectLike, language: str = "en") -> str:
     """One object's phrase in `language`.
 
     Example:
@@ -191,7 +188,7 @@ def join_phrases(phrases: list[str], language: str = "en") -> str:
     return table["separator"].join(phrases[:-1]) + table["last_separator"] + phrases[-1]
 
 
-def describe(scene: Scene, language: str = "en") -> str:
+def describe(scene: SceneLike, language: str = "en") -> str:
     """The scene's caption in `language` (`"en"` is the canonical caption the retriever is trained on).
 
     Args:

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES = ("circle", "square", "triangle", "cross", "diamond")
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
-SIZES = ("small", "large")
-# Reading order: captions list objects in this order.
-POSITIONS = ("top", "left", "middle", "right", "bottom")
+from .languages import describe, describe_object
+from .vocabulary import COLOURS, POSITIONS, SHAPES, SIZES
+
 MAX_OBJECTS = 3
 IMAGE_SIZE = 64
 
@@ -91,8 +89,6 @@ class ShapeObject:
     @property
     def phrase(self) -> str:
         """The object's canonical English phrase, e.g. `"a large blue square at the top"`."""
-        from .languages import describe_object
-
         return describe_object(self, "en")
 
 
@@ -139,8 +135,6 @@ class Scene:
     @property
     def caption(self) -> str:
         """The canonical English caption."""
-        from .languages import describe
-
         return describe(self, "en")
 
     def free_positions(self) -> list[str]:

@@ -1,0 +1,29 @@
+"""Retrieval metrics and evaluation before/after rewriting (grape_hf.metrics, grape_hf.evaluation)."""
+
+import json
+
+import pytest
+
+from grape_hf import CLIPRankScorer
+from grape_hf.evaluation import evaluate_retrieval, markdown_table, save_results
+from grape_hf.metrics import retrieval_metrics
+
+
+def test_metrics_by_hand():
+    m = retrieval_metrics([1, 2, 6, 11])
+    assert m["R@1"] == 0.25 and m["R@5"] == 0.5 and m["R@10"] == 0.75
+    assert m["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 6 + 1 / 11) / 4, abs=1e-4)
+    assert m["nDCG@10"] == pytest.approx((1 + 1 / 1.58496 + 1 / 2.80735) / 4, abs=1e-4)
+    with pytest.raises(ValueError, match="empty"):
+        retrieval_metrics([])
+
+
+def test_evaluate_and_save(minilm, tmp_path):
+    scorer = CLIPRankScorer(minilm, ["a dog on grass", "men playing chess", "a red car"], show_progress_bar=False)
+    metrics = evaluate_retrieval(scorer, ["a puppy on a lawn", "chess players", ""], [0, 1, 2])
+    assert metrics["R@1"] == pytest.approx(2 / 3, abs=1e-3) and metrics["mean_rank"] == pytest.approx(5 / 3, abs=0.01)
+    paths = save_results({"none": metrics}, tmp_path, name="t", title="toy", rewrites={"none": ["x"]})
+    assert json.loads(paths["json"].read_text())["none"]["R@1"] == metrics["R@1"]
+    assert paths["markdown"].read_text().startswith("## toy\n\n| method | R@1")
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "| none | 0.667 |" in markdown_table({"none": metrics})

@@ -1,0 +1,30 @@
+"""Prompt templates (grape_hf.prompts)."""
+
+import pytest
+
+from grape_hf.prompts import PromptTemplate, available_shifts, get_prompt_template
+
+
+def test_prompt_templates():
+    assert set(available_shifts()) == {"multilingual", "long_form", "composed"}
+    composed = get_prompt_template("composed")
+    messages = composed.build_messages("make the circle green", reference="a red circle")
+    assert "a red circle" in messages[-1]["content"] and "make the circle green" in messages[-1]["content"]
+    with pytest.raises(ValueError, match="needs a reference caption"):
+        composed.build_messages("make it green")
+    with pytest.raises(ValueError, match="Unknown shift kind 'sideways'"):
+        get_prompt_template("sideways")
+    with pytest.raises(ValueError, match="must contain '\\{query\\}'"):
+        PromptTemplate(user="no placeholder")
+    own = get_prompt_template("multilingual", "Rewrite: {query}")
+    assert own.build_messages("x") == [{"role": "user", "content": "Rewrite: x"}]
+    assert PromptTemplate.from_dict(composed.to_dict()) == composed
+    few = get_prompt_template(
+        "multilingual", {"user": "DE: {query}", "examples": [{"query": "Hund", "rewrite": "dog"}]}
+    )
+    assert [m["role"] for m in few.build_messages("Katze")] == ["user", "assistant", "user"]
+    assert few.build_messages("Katze")[:2] == [
+        {"role": "user", "content": "DE: Hund"},
+        {"role": "assistant", "content": "dog"},
+    ]
+    assert PromptTemplate.from_dict(few.to_dict()) == few
