@@ -76,6 +76,21 @@ class GRAPEScriptArguments(ScriptArguments):
         default=True, metadata={"help": "Evaluate on the test split before and after training and print the table."}
     )
     eval_batch_size: int = field(default=32, metadata={"help": "Generation batch size of the evaluation."})
+    init_rewriter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this rewriter folder (a warm start or self-distillation output): its LoRA adapter is "
+            "trained further and its prompt is used unless prompt_template is given."
+        },
+    )
+    curve_eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every this many steps, rewrite curve_queries held-out queries greedily and log "
+            "eval_retrieval/R@10 etc. (RetrievalEvalCallback); 0 turns the curve off."
+        },
+    )
+    curve_queries: int = field(default=48, metadata={"help": "Held-out queries of the R@10 curve."})
 
     def __post_init__(self):
         if hasattr(super(), "__post_init__"):
@@ -87,7 +102,23 @@ class GRAPEScriptArguments(ScriptArguments):
         for name in self.reward_funcs:
             resolve_reward_variant(name)
         parse_retriever_spec(self.retriever)
+        if self.curve_eval_steps < 0 or self.curve_queries < 1:
+            raise ValueError(
+                f"curve_eval_steps must be >= 0 (got {self.curve_eval_steps}) and curve_queries >= 1 "
+                f"(got {self.curve_queries})."
+            )
+        if self.init_rewriter is not None and not _exists_or_hub_id(self.init_rewriter):
+            raise ValueError(
+                f"init_rewriter {self.init_rewriter!r} is not a folder here; give the output_dir of an earlier stage "
+                "(or a Hub repo id)."
+            )
         if self.dataset_name is None:
             raise ValueError(
                 "dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id."
             )
+
+
+def _exists_or_hub_id(name: str) -> bool:
+    from pathlib import Path
+
+    return Path(name).exists() or (name.count("/") == 1 and not name.startswith((".", "/", "~")))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .metrics import MEAN_RANK, METRICS, retrieval_metrics
+from .metrics import MEAN_RANK, METRICS, PRIMARY_METRIC, retrieval_metrics
 from .rewriter import QueryRewriter
 from .scorer import CLIPRankScorer
 
@@ -142,6 +142,75 @@ def bar_chart(results: dict[str, dict[str, float]], path: str | Path, title: str
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def training_curves(log_history: list[dict], completions_per_step: int | None = None) -> dict[str, list]:
+    """Curves of a GRPO run from its trainer's `state.log_history`: the held-out retrieval metrics logged by
+    [`~grape_hf.callbacks.RetrievalEvalCallback`] (`eval_retrieval/<metric>`) and the reward's training-batch metrics
+    (`grape/<metric>`, `rewards/<name>/mean`), each with its steps (and completions seen, when given).
+
+    Example:
+    ```python
+    >>> from grape_hf.evaluation import training_curves
+    >>> logs = [{"step": 0, "eval_retrieval/R@10": 0.3}, {"step": 1, "grape/mean_rank": 40.0, "reward": 0.2}]
+    >>> training_curves(logs, completions_per_step=8)["eval"]
+    {'step': [0], 'completions': [0], 'R@10': [0.3]}
+    ```
+    """
+    evals = [e for e in log_history if any(k.startswith("eval_retrieval/") for k in e)]
+    trains = [e for e in log_history if "grape/mean_rank" in e or "reward" in e]
+
+    def columns(entries: list[dict], prefix: str, extra: tuple[str, ...] = ()) -> dict[str, list]:
+        out: dict[str, list] = {"step": [e["step"] for e in entries]}
+        if completions_per_step:
+            out["completions"] = [e["step"] * completions_per_step for e in entries]
+        names = sorted({k[len(prefix) :] for e in entries for k in e if k.startswith(prefix)})
+        for name in names:
+            out[name] = [e.get(prefix + name) for e in entries]
+        for key in extra:
+            if any(key in e for e in entries):
+                out[key] = [e.get(key) for e in entries]
+        return out
+
+    return {"eval": columns(evals, "eval_retrieval/"), "train": columns(trains, "grape/", extra=("reward",))}
+
+
+def plot_curves(runs: dict[str, dict], path: str | Path, title: str | None = None, metric: str = PRIMARY_METRIC):
+    """Two panels from [`training_curves`] of several runs (label -> curves): held-out `metric` against completions
+    seen (or steps), and the score-inflation monitor (the rewrites' similarity to the target and to the non-targets)
+    on the training batches. Returns the path, or `None` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, curves in runs.items():
+        evals, train = curves["eval"], curves["train"]
+        x = "completions" if "completions" in evals else "step"
+        if metric in evals:
+            left.plot(evals[x], evals[metric], marker="o", label=label)
+        tx = "completions" if "completions" in train else "step"
+        if "target_similarity" in train:
+            line = right.plot(train[tx], train["target_similarity"], label=f"{label}: to the target")[0]
+            right.plot(train[tx], train["nontarget_similarity"], ls="--", color=line.get_color(),
+                       label=f"{label}: to non-targets")  # fmt: skip
+    left.set_xlabel("completions seen" if any("completions" in c["eval"] for c in runs.values()) else "step")
+    left.set_ylabel(f"held-out {metric}")
+    right.set_xlabel("completions seen" if any("completions" in c["train"] for c in runs.values()) else "step")
+    right.set_ylabel("cosine similarity of the rewrites")
+    right.set_title("score-inflation monitor (training batches)", fontsize=9)
+    for ax in (left, right):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,67 +1,45 @@
 """The GRAPE training run: GRPO on a query rewriter, rewarded by a frozen retriever's ranking.
 
 `main(script_args, training_args, model_args)` is what `recipes/grpo_grape.py` calls; it can be called from Python
-with the three dataclasses too.
+with the three dataclasses too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
+folder (`--init_rewriter`, e.g. the [`~grape_hf.sft`] warm start), resumes from the last checkpoint in `output_dir`,
+logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model card.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from .configs import GRAPEScriptArguments
-from .data import GRAPEData, load_grape_dataset
-from .evaluation import evaluate_rewriters, markdown_table, save_results
-from .models import cache_home, resolve_model_path
+from .evaluation import markdown_table, plot_curves, save_results, training_curves
 from .prompts import PromptTemplate, get_prompt_template, to_prompt_dataset
 from .retrievers import load_retriever
 from .rewards import get_reward_funcs
 from .rewriter import QueryRewriter
 from .rewriter_folder import RewriterConfig
-from .scorer import CLIPRankScorer
+from .runs import (
+    Stopwatch,
+    build_rewriter_config,
+    build_scorer,
+    evaluate_methods,
+    last_checkpoint,
+    load_policy,
+    load_split,
+    save_stage,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def load_split(script_args: GRAPEScriptArguments, split: str, seed: int) -> GRAPEData:
-    """Load one split of the run's data (Multi30k options apply to a Multi30k folder only)."""
-    from .data import is_multi30k_dir
-
-    train = split == script_args.dataset_train_split
-    max_queries = script_args.max_train_samples if train else script_args.max_eval_samples
-    if is_multi30k_dir(script_args.dataset_name):
-        kwargs = {
-            "task": script_args.multi30k_task,
-            "query_lang": script_args.query_lang,
-            "corpus_lang": script_args.corpus_lang,
-            "max_images": script_args.max_train_images if train else script_args.max_eval_images,
-        }
-    else:
-        kwargs = {
-            "query_column": script_args.query_column,
-            "target_column": script_args.target_column,
-            "corpus_column": script_args.corpus_column,
-        }
-    return load_grape_dataset(script_args.dataset_name, split=split, max_queries=max_queries, seed=seed, **kwargs)
-
-
-def build_scorer(retriever, data: GRAPEData, script_args: GRAPEScriptArguments) -> CLIPRankScorer:
-    cache_dir = script_args.corpus_cache_dir or cache_home() / "corpus_embeddings"
-    return CLIPRankScorer(retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives)
-
-
-def evaluate_methods(methods: dict, template: PromptTemplate, data, scorer, script_args) -> dict:
-    """Evaluate method name -> rewriter (or None for the original query) on the evaluation queries."""
-    references = list(data.queries[script_args.reference_column]) if template.needs_reference else None
-    results, rewrites = evaluate_rewriters(
-        scorer,
-        list(data.queries["query"]),
-        list(data.queries["target_id"]),
-        methods,
-        references=references,
-        batch_size=script_args.eval_batch_size,
-    )
-    return {"results": results, "rewrites": rewrites}
+def stage_template(script_args) -> PromptTemplate:
+    """The prompt: `--prompt_template`, else the one the `--init_rewriter` was trained with, else the shift's."""
+    if script_args.prompt_template is None and getattr(script_args, "init_rewriter", None):
+        previous = RewriterConfig.load(script_args.init_rewriter)
+        if previous is not None:
+            return PromptTemplate.from_dict(previous.prompt)
+    return get_prompt_template(script_args.shift, script_args.prompt_template)
 
 
 def main(script_args: GRAPEScriptArguments, training_args, model_args):
@@ -69,8 +47,10 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     from transformers import AutoTokenizer, set_seed
     from trl import GRPOTrainer, get_peft_config
 
+    from .callbacks import RetrievalEvalCallback
+
     set_seed(training_args.seed)
-    template = get_prompt_template(script_args.shift, script_args.prompt_template)
+    template = stage_template(script_args)
     # Each process scores on its own device (under multi-GPU accelerate, not every rank on cuda:0).
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
 
@@ -85,8 +65,8 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     )
     train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
 
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=model_args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {
@@ -95,35 +75,64 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     }
     push_to_hub = training_args.push_to_hub
     training_args.push_to_hub = False  # grape_hf pushes itself, with the GRAPE model card
+
+    eval_data = eval_scorer = None
+    if script_args.evaluate_before_after or script_args.curve_eval_steps:
+        eval_data = load_split(script_args, script_args.dataset_test_split, training_args.seed)
+        eval_scorer = build_scorer(retriever, eval_data, script_args)
+    callbacks = []
+    if script_args.curve_eval_steps:
+        curve = eval_data.queries.shuffle(seed=training_args.seed + 1)
+        curve = curve.select(range(min(script_args.curve_queries, len(curve))))
+        references = list(curve["reference"]) if template.needs_reference else None
+        callbacks.append(
+            RetrievalEvalCallback(
+                eval_scorer,
+                curve["query"],
+                curve["target_id"],
+                tokenizer,
+                template,
+                eval_steps=script_args.curve_eval_steps,
+                references=references,
+                max_new_tokens=training_args.max_completion_length,
+            )  # fmt: skip
+        )
     trainer = GRPOTrainer(
-        model=model_path,
+        model=model,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=get_peft_config(model_args) if isinstance(model, str) else None,
+        callbacks=callbacks,
     )
     is_main = trainer.accelerator.is_main_process
     say = trainer.accelerator.print
 
-    evaluation = {}
+    start_name = "zero-shot rewriter" if script_args.init_rewriter is None else "starting rewriter"
     if script_args.evaluate_before_after:
-        eval_data = load_split(script_args, script_args.dataset_test_split, training_args.seed)
-        eval_scorer = build_scorer(retriever, eval_data, script_args)
-        # Before training the LoRA update is zero, so the trainer's model is the zero-shot rewriter.
+        # Before training the trainer's model is the starting rewriter (a fresh LoRA update is zero).
         rewriter = QueryRewriter(
             trainer.model, tokenizer, template, max_new_tokens=training_args.max_completion_length
         )
         before = evaluate_methods(
-            {"original query": None, "zero-shot rewriter": rewriter}, template, eval_data, eval_scorer, script_args
+            {"original query": None, start_name: rewriter},
+            template,
+            eval_data,
+            eval_scorer,
+            script_args.eval_batch_size,
         )
 
-    trainer.train()
+    with Stopwatch() as clock:
+        trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
     say("Training completed.")
     output_dir = Path(training_args.output_dir)
 
+    evaluation = {}
     if script_args.evaluate_before_after:
-        after = evaluate_methods({"GRAPE rewriter": rewriter}, template, eval_data, eval_scorer, script_args)
+        after = evaluate_methods(
+            {"GRAPE rewriter": rewriter}, template, eval_data, eval_scorer, script_args.eval_batch_size
+        )
         results = {**before["results"], **after["results"]}
         rewrites = {**before["rewrites"], **after["rewrites"]}
         title = (
@@ -131,7 +140,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         )
         evaluation = {
             "before": results["original query"],
-            "zero_shot": results["zero-shot rewriter"],
+            ("zero_shot" if script_args.init_rewriter is None else "start"): results[start_name],
             "after": results["GRAPE rewriter"],
             "split": script_args.dataset_test_split,
             "dataset": eval_data.name,
@@ -143,25 +152,25 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
             say("\n" + title + "\n" + markdown_table(results) + "\n")
 
     if is_main:
-        from .hub import save_rewriter
-
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        for peft_config in getattr(model, "peft_config", {}).values():
-            # Name the base model as the user gave it (a Hub id), not the local path it resolved to offline.
-            peft_config.base_model_name_or_path = model_args.model_name_or_path
-        rewriter_config = RewriterConfig(
-            prompt=template.to_dict(),
-            base_model=model_args.model_name_or_path,
-            shift=script_args.shift,
-            retriever=script_args.retriever,
-            dataset=script_args.dataset_name,
+        completions = training_args.per_device_train_batch_size * training_args.world_size
+        curves = training_curves(trainer.state.log_history, completions_per_step=completions)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        if callbacks:
+            plot_curves({",".join(script_args.reward_funcs): curves}, output_dir / "curves.png")
+        config = build_rewriter_config(
+            "grpo",
+            template,
+            script_args,
+            training_args,
+            model_args,
             corpus=train_data.name,
-            reward=",".join(script_args.reward_funcs) + (" (relative)" if script_args.relative_reward else ""),
-            training=_training_summary(training_args, model_args),
             evaluation=evaluation,
+            reward=",".join(script_args.reward_funcs) + (" (relative)" if script_args.relative_reward else ""),
+            train_seconds=clock.seconds,
         )
         # The layout pipeline("grape-rewrite"), remote code and `grape-hf push` read (an adapter goes to adapter/).
-        save_rewriter(model, tokenizer, output_dir, rewriter_config)
+        save_stage(trainer, tokenizer, output_dir, config, model_args)
         say(f"Rewriter saved to {output_dir}.")
         if push_to_hub:
             from .hub import push_rewriter
@@ -170,27 +179,3 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
                 output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo
             )
     return evaluation
-
-
-def _training_summary(training_args, model_args) -> dict:
-    keys = (
-        "learning_rate",
-        "max_steps",
-        "num_train_epochs",
-        "per_device_train_batch_size",
-        "num_generations",
-        "max_completion_length",
-        "temperature",
-        "beta",
-        "loss_type",
-        "scale_rewards",
-        "seed",
-    )
-    summary = {k: getattr(training_args, k, None) for k in keys}
-    if getattr(model_args, "use_peft", False):
-        summary["lora"] = {
-            "r": model_args.lora_r,
-            "alpha": model_args.lora_alpha,
-            "target_modules": model_args.lora_target_modules,
-        }
-    return summary

@@ -10,8 +10,7 @@ import torch
 
 from grape_hf import CLIPRankScorer, GRAPERewardFunction
 from grape_hf.data import load_multi30k
-from grape_hf.grpo import to_prompt_dataset
-from grape_hf.prompts import get_prompt_template
+from grape_hf.prompts import get_prompt_template, to_prompt_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,19 +97,27 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
 
 
 def test_every_recipe_yaml_parses():
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    """Each stage's configs (recipes/<model>/<stage>/config_*.yaml) parse with that stage's dataclasses."""
+    from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
+    from grape_hf.distill import DistillScriptArguments
+    from grape_hf.sft import SFTScriptArguments
 
+    stages = {
+        "grape": (GRAPEScriptArguments, GRPOConfig, ModelConfig),
+        "sft": (SFTScriptArguments, SFTConfig, ModelConfig),
+        "distill": (DistillScriptArguments, SFTConfig, ModelConfig),
+    }
     configs = sorted((REPO / "recipes").rglob("config_*.yaml"))
-    assert configs
+    assert {path.parent.name for path in configs} == set(stages)
     for path in configs:
-        parser = TrlParser((GRAPEScriptArguments, GRPOConfig, ModelConfig))
+        parser = TrlParser(stages[path.parent.name])
         # --use_cpu: GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine.
         script_args, training_args, model_args = parser.parse_args_and_config(
             args=["--config", str(path), "--use_cpu", "true"], fail_with_unknown_args=True
         )
-        assert script_args.reward_funcs and model_args.model_name_or_path, path
+        assert script_args.dataset_name and model_args.model_name_or_path, path
 
 
 def test_accelerate_configs_are_valid_yaml():

@@ -1,0 +1,253 @@
+r"""Rank-filtered self-distillation: the policy learns from its own rewrites that the retriever ranks best.
+
+Each round samples `num_samples` rewrites per training query from the current rewriter, scores every one with the
+same reward object GRPO uses ([`~grape_hf.rewards.GRAPERewardFunction`] over a
+[`~grape_hf.scorer.CLIPRankScorer`]), keeps the best sample of a query where it beats the greedy rewrite by more
+than `min_improvement`, and fine-tunes on the kept (query, rewrite) pairs with TRL's SFTTrainer. It is the
+self-driven warm-up of ConvSearch-R1 and the rejection-sampling fine-tuning of RAFT (arXiv 2504.11343) repeated for a
+few rounds as in ReST-EM: no labels, only what the retriever's ranking picks.
+
+`main(script_args, training_args, model_args)` is what `recipes/distill_grape.py` runs. Each round is saved as a
+rewriter folder in `output_dir/round-<k>` (with `kept.jsonl` and `stats.json`), and a finished round is not redone:
+an interrupted run resumes at the round it stopped in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .configs import GRAPEScriptArguments
+from .rewards import GRAPERewardFunction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillScriptArguments(GRAPEScriptArguments):
+    """[`~grape_hf.GRAPEScriptArguments`] plus the sampling and filtering of self-distillation.
+
+    Example:
+    ```python
+    >>> from grape_hf.distill import DistillScriptArguments
+    >>> DistillScriptArguments(dataset_name="../shared/data/multi30k").num_samples
+    8
+    ```
+    """
+
+    rounds: int = field(default=2, metadata={"help": "Sample-filter-fine-tune rounds."})
+    num_samples: int = field(default=8, metadata={"help": "Rewrites sampled per training query each round."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rewrites."})
+    sample_batch_size: int = field(default=16, metadata={"help": "Queries per generate call while sampling."})
+    min_improvement: float = field(
+        default=0.0, metadata={"help": "Keep a query's best sample only if its reward beats the greedy one's by more."}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Length of a sampled rewrite."})
+    sample_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "Weights of the merged sampling copy ('bfloat16' is the fast path on AMX CPUs and GPUs)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rounds < 1 or self.num_samples < 2:
+            raise ValueError(
+                f"rounds must be >= 1 (got {self.rounds}) and num_samples >= 2 (got {self.num_samples}): the best "
+                "of one sample is just a sample."
+            )
+
+
+def select_best(
+    queries: list[str],
+    targets: list,
+    greedy: list[str],
+    samples: list[list[str]],
+    reward: GRAPERewardFunction,
+    min_improvement: float = 0.0,
+) -> tuple[list[dict], dict]:
+    """Score the greedy rewrite and every sample with `reward`; keep per query the best sample that beats greedy.
+
+    Returns:
+        `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward"}`, and the round's
+        numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@10` of the best samples).
+
+    Example:
+    ```python
+    >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
+    >>> from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
+    >>> from grape_hf.distill import select_best
+    >>> scorer = CLIPRankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"),
+    ...                         ["a dog on the grass", "two men play chess"], show_progress_bar=False)
+    >>> kept, stats = select_best(["Zwei Männer"], [1], ["a dog"], [["a dog", "two men playing chess"]],
+    ...                           GRAPERewardFunction(scorer))
+    >>> kept[0]["rewrite"], stats["kept"]
+    ('two men playing chess', 1)
+    ```
+    """
+    n = len(queries)
+    if not (len(targets) == len(greedy) == len(samples) == n):
+        raise ValueError(
+            f"queries ({n}), targets ({len(targets)}), greedy ({len(greedy)}) and samples ({len(samples)}) must have "
+            "one entry per query."
+        )
+    per_query = [len(s) for s in samples]
+    flat = [text for group in samples for text in group]
+    flat_targets = [t for t, k in zip(targets, per_query) for _ in range(k)]
+    sample_rewards = reward(prompts=flat, completions=flat, **{reward.target_column: flat_targets})
+    greedy_rewards = reward(prompts=greedy, completions=greedy, **{reward.target_column: list(targets)})
+    kept, best_rewards, best_texts, start = [], [], [], 0
+    for i, k in enumerate(per_query):
+        group = sample_rewards[start : start + k]
+        start += k
+        j = max(range(k), key=group.__getitem__)
+        best_rewards.append(group[j])
+        best_texts.append(samples[i][j])
+        if group[j] > greedy_rewards[i] + min_improvement:
+            kept.append(
+                {"query": queries[i], "rewrite": samples[i][j], "reward": group[j], "greedy_reward": greedy_rewards[i]}
+            )
+    oracle = reward.scorer.ranks(best_texts, list(targets)) if n else torch.zeros(0)
+    stats = {
+        "queries": n,
+        "samples_per_query": max(per_query) if per_query else 0,
+        "kept": len(kept),
+        "mean_greedy_reward": round(sum(greedy_rewards) / max(n, 1), 4),
+        "mean_best_reward": round(sum(best_rewards) / max(n, 1), 4),
+        "oracle_R@10": round(float((oracle <= 10).float().mean()), 4) if n else 0.0,
+    }
+    return kept, stats
+
+
+def sample_rewrites(
+    rewriter, queries: list[str], num_samples: int, temperature: float, batch_size: int, references=None
+):
+    """The greedy rewrite and `num_samples` sampled ones per query, with a [`~grape_hf.rewriter.QueryRewriter`]."""
+    greedy = [r[0] for r in rewriter.rewrite(queries, references=references, batch_size=batch_size)]
+    samples = rewriter.rewrite(
+        queries,
+        references=references,
+        num_rewrites=num_samples,
+        batch_size=max(1, batch_size // 2),
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+    )
+    return greedy, samples
+
+
+def main(script_args: DistillScriptArguments, training_args, model_args):
+    """Run the rounds; the last one is also saved to `output_dir` itself (the rewriter folder of the stage)."""
+    from transformers import AutoTokenizer, set_seed
+    from trl import SFTTrainer, get_peft_config
+
+    from .grpo import stage_template
+    from .models import resolve_model_path
+    from .retrievers import load_retriever
+    from .rewards import get_reward_funcs
+    from .rewriter import QueryRewriter
+    from .rewriter_folder import load_rewriter
+    from .runs import Stopwatch, build_rewriter_config, build_scorer, load_policy, load_split, save_stage
+    from .sft import to_sft_dataset
+
+    set_seed(training_args.seed)
+    template = stage_template(script_args)
+    retriever = load_retriever(script_args.retriever, device=str(training_args.device))
+    train = load_split(script_args, script_args.dataset_train_split, training_args.seed)
+    scorer = build_scorer(retriever, train, script_args)
+    reward = get_reward_funcs(scorer, script_args.reward_funcs[:1])[0]
+    queries, targets = list(train.queries["query"]), list(train.queries["target_id"])
+    references = list(train.queries[script_args.reference_column]) if template.needs_reference else None
+    output_dir = Path(training_args.output_dir)
+    policy = script_args.init_rewriter
+    history = []
+    for round_index in range(script_args.rounds):
+        round_dir = output_dir / f"round-{round_index}"
+        if (round_dir / "stats.json").is_file():  # finished earlier: resume after it
+            policy = str(round_dir)
+            history.append(json.loads((round_dir / "stats.json").read_text()))
+            continue
+        with Stopwatch() as sampling:
+            source = policy or resolve_model_path(model_args.model_name_or_path)
+            model, tokenizer, _ = load_rewriter(
+                source, resolve_base_model=resolve_model_path, dtype=getattr(torch, script_args.sample_dtype)
+            )
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()  # sampling needs no adapter: merged weights are faster
+            rewriter = QueryRewriter(model, tokenizer, template, max_new_tokens=script_args.max_new_tokens)
+            greedy, samples = sample_rewrites(
+                rewriter, queries, script_args.num_samples, script_args.sample_temperature,
+                script_args.sample_batch_size, references,
+            )  # fmt: skip
+            del model, rewriter
+        kept, stats = select_best(queries, targets, greedy, samples, reward, script_args.min_improvement)
+        if not kept:
+            raise RuntimeError(
+                f"Round {round_index}: no sampled rewrite beat the greedy one on {len(queries)} queries; raise "
+                "num_samples or sample_temperature, or lower min_improvement."
+            )
+        from datasets import Dataset
+
+        model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        round_args = _round_args(training_args, round_dir)
+        trainer = SFTTrainer(
+            model=model,
+            args=round_args,
+            train_dataset=to_sft_dataset(Dataset.from_list(kept).select_columns(["query", "rewrite"]), template),
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args) if isinstance(model, str) else None,
+        )
+        with Stopwatch() as tuning:
+            trainer.train()
+        stats.update(round=round_index, sample_seconds=sampling.seconds, train_seconds=tuning.seconds)
+        if trainer.accelerator.is_main_process:
+            config = build_rewriter_config(
+                "self_distillation",
+                template,
+                script_args,
+                training_args,
+                model_args,
+                corpus=train.name,
+                reward=script_args.reward_funcs[0],
+                round=round_index,
+                rounds=script_args.rounds,
+                num_samples=script_args.num_samples,
+                history=[*history, stats],
+            )
+            config.training["init_rewriter"] = policy
+            save_stage(trainer, tokenizer, round_dir, config, model_args)
+            with open(round_dir / "kept.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+            (round_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        logger.info("self-distillation round %d: %s", round_index, stats)
+        history.append(stats)
+        policy = str(round_dir)
+    _copy_rewriter(Path(policy), output_dir)
+    return history
+
+
+def _round_args(training_args, round_dir: Path):
+    from dataclasses import replace
+
+    return replace(training_args, output_dir=str(round_dir / "trainer"), save_strategy="no")
+
+
+def _copy_rewriter(src: Path, dst: Path) -> None:
+    """Make `output_dir` itself the final rewriter folder (the rounds stay beside it)."""
+    for path in src.iterdir():
+        if path.name in ("trainer", "kept.jsonl"):
+            continue
+        target = dst / path.name
+        if path.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(path, target)
+        else:
+            shutil.copyfile(path, target)

@@ -1,0 +1,175 @@
+"""What every training stage shares: its data, its scorer, the policy it starts from, resuming, and what it saves.
+
+The stages ([`~grape_hf.sft.main`] warm start, [`~grape_hf.distill.main`] rank-filtered self-distillation and
+[`~grape_hf.grpo.main`] GRPO) are open-r1-style `main(script_args, training_args, model_args)` functions. Each
+starts from a base model or from a previous stage's rewriter folder (`init_rewriter`), resumes from its last
+checkpoint, and ends by saving a rewriter folder whose `grape_rewriter.json` is built here, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .data import GRAPEData, is_multi30k_dir, load_grape_dataset
+from .evaluation import evaluate_rewriters
+from .models import cache_home, resolve_model_path
+from .prompts import PromptTemplate
+from .rewriter_folder import GRAPERewriterLoader, RewriterConfig, read_json
+from .scorer import CLIPRankScorer
+
+logger = logging.getLogger(__name__)
+
+TRAINING_KEYS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "num_generations", "generation_batch_size", "steps_per_generation",
+                 "num_iterations", "max_completion_length", "temperature", "beta", "loss_type", "scale_rewards",
+                 "seed")  # fmt: skip
+
+
+def load_split(script_args, split: str, seed: int) -> GRAPEData:
+    """Load one split of a run's data (Multi30k options apply to a Multi30k folder only)."""
+    train = split == script_args.dataset_train_split
+    max_queries = script_args.max_train_samples if train else script_args.max_eval_samples
+    if is_multi30k_dir(script_args.dataset_name):
+        kwargs = {
+            "task": script_args.multi30k_task,
+            "query_lang": script_args.query_lang,
+            "corpus_lang": script_args.corpus_lang,
+            "max_images": script_args.max_train_images if train else script_args.max_eval_images,
+        }
+    else:
+        kwargs = {
+            "query_column": script_args.query_column,
+            "target_column": script_args.target_column,
+            "corpus_column": script_args.corpus_column,
+        }
+    return load_grape_dataset(script_args.dataset_name, split=split, max_queries=max_queries, seed=seed, **kwargs)
+
+
+def build_scorer(retriever, data: GRAPEData, script_args) -> CLIPRankScorer:
+    """The frozen retriever over `data`'s corpus, embedded once and cached in grape_hf's cache folder."""
+    cache_dir = script_args.corpus_cache_dir or cache_home() / "corpus_embeddings"
+    return CLIPRankScorer(retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives)
+
+
+def evaluate_methods(methods: dict, template: PromptTemplate, data: GRAPEData, scorer, batch_size: int = 32) -> dict:
+    """Evaluate method name -> rewriter (or `None` for the original query) on `data`'s queries."""
+    references = list(data.queries["reference"]) if template.needs_reference else None
+    results, rewrites = evaluate_rewriters(
+        scorer,
+        list(data.queries["query"]),
+        list(data.queries["target_id"]),
+        methods,
+        references=references,
+        batch_size=batch_size,
+    )
+    return {"results": results, "rewrites": rewrites}
+
+
+def load_policy(model_args, init_rewriter: str | None = None, dtype: Any = None, trainable: bool = True):
+    """The model a stage trains: the base model (`model_args.model_name_or_path`, resolved offline), or a previous
+    stage's rewriter folder with its LoRA adapter loaded trainable.
+
+    Returns:
+        `tuple`: `(model or model path, tokenizer source)`: a path when TRL should build the model (and add the
+        stage's own LoRA), a [`~peft.PeftModel`] when training continues an adapter.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base_path = resolve_model_path(model_args.model_name_or_path)
+    if init_rewriter is None:
+        return base_path, base_path
+    folder = str(init_rewriter)
+    subfolder = GRAPERewriterLoader.adapter_location(folder)
+    if subfolder is None:  # a full model: train it (with the stage's own LoRA, if any)
+        return folder, folder
+    from peft import PeftConfig, PeftModel
+
+    adapter_dir = os.path.join(folder, subfolder) if subfolder else folder
+    base = resolve_model_path(PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    tokenizer_source = folder if read_json(folder, "tokenizer_config.json") else base
+    return model, tokenizer_source
+
+
+def last_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint`, else the newest `checkpoint-*` in `output_dir`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("Resuming from %s.", checkpoint)
+        return checkpoint
+    return None
+
+
+def training_summary(training_args, model_args, **extra) -> dict:
+    """The settings a stage records in `grape_rewriter.json` (`training`)."""
+    summary = {k: getattr(training_args, k) for k in TRAINING_KEYS if getattr(training_args, k, None) is not None}
+    if getattr(model_args, "use_peft", False):
+        summary["lora"] = {
+            "r": model_args.lora_r,
+            "alpha": model_args.lora_alpha,
+            "target_modules": model_args.lora_target_modules,
+        }
+    return {**summary, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def build_rewriter_config(
+    stage: str,
+    template: PromptTemplate,
+    script_args,
+    training_args,
+    model_args,
+    corpus: str | None = None,
+    evaluation: dict | None = None,
+    reward: str | None = None,
+    **extra,
+) -> RewriterConfig:
+    """The `grape_rewriter.json` of a stage's output: the prompt, the base model as the user named it, the retriever,
+    the data, the stage and its settings (with the folder it started from), and the evaluation numbers."""
+    init = getattr(script_args, "init_rewriter", None)
+    previous = (RewriterConfig.load(init) if init else None) or None
+    stages = [*((previous.training or {}).get("stages", []) if previous else []), stage]
+    return RewriterConfig(
+        prompt=template.to_dict(),
+        base_model=(previous.base_model if previous and previous.base_model else model_args.model_name_or_path),
+        shift=template.shift,
+        retriever=getattr(script_args, "retriever", None) or (previous.retriever if previous else None),
+        dataset=script_args.dataset_name,
+        corpus=corpus,
+        reward=reward,
+        training=training_summary(training_args, model_args, stage=stage, stages=stages, init_rewriter=init, **extra),
+        evaluation=evaluation or {},
+    )
+
+
+def save_stage(trainer, tokenizer, output_dir: str | Path, rewriter_config: RewriterConfig, model_args) -> Path:
+    """Save the trained rewriter (main process only): the layout `pipeline("grape-rewrite")` and remote code read."""
+    from .hub import save_rewriter
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for peft_config in getattr(model, "peft_config", {}).values():
+        # Name the base model as the user gave it (a Hub id), not the local path it resolved to offline.
+        peft_config.base_model_name_or_path = rewriter_config.base_model or model_args.model_name_or_path
+    return save_rewriter(model, tokenizer, output_dir, rewriter_config)
+
+
+class Stopwatch:
+    """Wall-clock seconds of a stage, recorded as `train_seconds` (and CPU minutes, the unit of the benchmarks)."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = round(time.time() - self.start, 1)

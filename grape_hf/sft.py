@@ -1,0 +1,151 @@
+"""The warm start: supervised LoRA fine-tuning of the rewriter on (query, rewrite) pairs, with TRL's SFTTrainer.
+
+`main(script_args, training_args, model_args)` is what `recipes/sft_grape.py` runs, open-r1 style. On a Multi30k folder
+the pairs are task1's German descriptions and their professional English translations (train split); any other
+dataset gives them as `query` and `rewrite` columns. The output is a rewriter folder, loadable by
+`pipeline("grape-rewrite")` and the starting point of GRPO or self-distillation (`--init_rewriter`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ScriptArguments
+
+from .data import is_multi30k_dir
+from .prompts import PromptTemplate, available_shifts, get_prompt_template
+from .runs import Stopwatch, build_rewriter_config, last_checkpoint, load_policy, save_stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """Arguments of the warm start: the (query, rewrite) pairs and the prompt.
+
+    Example:
+    ```python
+    >>> from grape_hf.sft import SFTScriptArguments
+    >>> SFTScriptArguments(dataset_name="../shared/data/multi30k").multi30k_task
+    'task1'
+    ```
+    """
+
+    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+    query_column: str = field(default="query", metadata={"help": "Column of the query (non-Multi30k datasets)."})
+    rewrite_column: str = field(default="rewrite", metadata={"help": "Column of the target rewrite."})
+    multi30k_task: str = field(default="task1", metadata={"help": "Multi30k task folder of the pairs."})
+    query_lang: str = field(default="de", metadata={"help": "Multi30k language of the queries."})
+    rewrite_lang: str = field(default="en", metadata={"help": "Multi30k language of the rewrites."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep a seeded subset of the pairs."})
+    retriever: str | None = field(
+        default=None, metadata={"help": "The retriever the rewriter is meant for (recorded in grape_rewriter.json)."}
+    )
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        if self.shift not in available_shifts():
+            raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
+        if self.dataset_name is None:
+            raise ValueError("dataset_name is required: a Multi30k folder, or a dataset with query/rewrite columns.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be a positive number of pairs, got {self.max_train_samples}.")
+
+
+def load_pairs(script_args: SFTScriptArguments, seed: int = 0):
+    """The (query, rewrite) pairs of the warm start as a `datasets.Dataset` with `query` and `rewrite` columns."""
+    from datasets import Dataset, load_dataset, load_from_disk
+
+    if is_multi30k_dir(script_args.dataset_name):
+        from .data import load_multi30k
+
+        data = load_multi30k(
+            script_args.dataset_name,
+            split=script_args.dataset_train_split,
+            task=script_args.multi30k_task,
+            query_lang=script_args.query_lang,
+            corpus_lang=script_args.rewrite_lang,
+        )
+        pairs = Dataset.from_dict(
+            {"query": list(data.queries["query"]), "rewrite": [data.corpus[i] for i in data.queries["target_id"]]}
+        )
+    else:
+        path = Path(script_args.dataset_name)
+        if path.is_dir() and (path / "dataset_dict.json").is_file():
+            pairs = load_from_disk(str(path))[script_args.dataset_train_split]
+        else:
+            pairs = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+        missing = [c for c in (script_args.query_column, script_args.rewrite_column) if c not in pairs.column_names]
+        if missing:
+            raise ValueError(
+                f"{script_args.dataset_name!r} has no column {missing[0]!r} (columns: {pairs.column_names}); set "
+                "--query_column and --rewrite_column."
+            )
+        pairs = pairs.select_columns([script_args.query_column, script_args.rewrite_column])
+        pairs = pairs.rename_columns({script_args.query_column: "query", script_args.rewrite_column: "rewrite"})
+    pairs = pairs.shuffle(seed=seed)
+    if script_args.max_train_samples is not None:
+        pairs = pairs.select(range(min(script_args.max_train_samples, len(pairs))))
+    return pairs
+
+
+def to_sft_dataset(pairs, template: PromptTemplate):
+    """TRL's conversational prompt-completion format: the rewriter's prompt, then the rewrite as the answer."""
+
+    def convert(example):
+        return {
+            "prompt": template.build_messages(example["query"]),
+            "completion": [{"role": "assistant", "content": example["rewrite"]}],
+        }
+
+    return pairs.map(convert, remove_columns=pairs.column_names)
+
+
+def main(script_args: SFTScriptArguments, training_args, model_args):
+    """Warm-start a rewriter with SFTTrainer and save it as a rewriter folder."""
+    from transformers import AutoTokenizer, set_seed
+    from trl import SFTTrainer, get_peft_config
+
+    set_seed(training_args.seed)
+    template = get_prompt_template(script_args.shift, script_args.prompt_template)
+    pairs = load_pairs(script_args, seed=training_args.seed)
+    model, tokenizer_source = load_policy(model_args, dtype=model_args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "dtype": model_args.dtype or "float32",
+    }
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=to_sft_dataset(pairs, template),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    with Stopwatch() as clock:
+        trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
+    if trainer.accelerator.is_main_process:
+        config = build_rewriter_config(
+            "sft",
+            template,
+            script_args,
+            training_args,
+            model_args,
+            corpus=None,
+            pairs=f"{script_args.dataset_name} ({len(pairs)} {script_args.query_lang}->{script_args.rewrite_lang} pairs)"
+            if is_multi30k_dir(script_args.dataset_name)
+            else f"{script_args.dataset_name} ({len(pairs)} pairs)",
+            train_seconds=clock.seconds,
+        )
+        save_stage(trainer, tokenizer, training_args.output_dir, config, model_args)
+        trainer.accelerator.print(f"Warm start saved to {training_args.output_dir}.")
+    return trainer

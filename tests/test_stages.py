@@ -1,0 +1,123 @@
+"""The training stages as library modules (open-r1 style): SFT warm start -> GRPO from it (with the R@10 curve and
+resume) -> rank-filtered self-distillation, each on a tiny Llama with SmolLM2's real tokenizer and real Multi30k."""
+
+import json
+
+import pytest
+
+TINY_LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "all-linear"]
+
+
+def parse(arg_classes, args):
+    from trl import TrlParser
+
+    return TrlParser(arg_classes).parse_args_and_config(args=args, fail_with_unknown_args=True)
+
+
+@pytest.fixture(scope="module")
+def warm_start(_tiny_llama, multi30k_path, tmp_path_factory):
+    from trl import ModelConfig, SFTConfig
+
+    from grape_hf.sft import SFTScriptArguments, main
+
+    out = tmp_path_factory.mktemp("sft") / "warm"
+    args = parse(
+        (SFTScriptArguments, SFTConfig, ModelConfig),
+        ["--model_name_or_path", str(_tiny_llama), *TINY_LORA, "--dataset_name", str(multi30k_path),
+         "--max_train_samples", "12", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
+         "4", "--learning_rate", "1e-3", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+         "--max_length", "128", "--retriever", "sentence-transformers:all-MiniLM-L6-v2"],
+    )  # fmt: skip
+    main(*args)
+    return out
+
+
+def test_sft_saves_a_rewriter_folder_trained_on_translation_pairs(warm_start, multi30k_path):
+    from transformers import pipeline
+
+    import grape_hf  # noqa: F401  (registers "grape-rewrite")
+    from grape_hf.sft import SFTScriptArguments, load_pairs
+
+    meta = json.loads((warm_start / "grape_rewriter.json").read_text())
+    assert meta["training"]["stage"] == "sft" and meta["training"]["stages"] == ["sft"]
+    assert "12 de->en pairs" in meta["training"]["pairs"] and meta["training"]["train_seconds"] > 0
+    assert meta["retriever"] == "sentence-transformers:all-MiniLM-L6-v2"
+    pairs = load_pairs(SFTScriptArguments(dataset_name=str(multi30k_path), max_train_samples=3))
+    assert pairs.column_names == ["query", "rewrite"] and len(pairs) == 3
+    out = pipeline("grape-rewrite", model=str(warm_start), max_new_tokens=4)("Ein Hund rennt.")
+    assert "Translate the German image description" in out["prompt"]
+
+
+def test_grpo_from_the_warm_start_logs_a_curve_and_resumes(warm_start, multi30k_path, tmp_path):
+    from trl import GRPOConfig, ModelConfig
+
+    from grape_hf import GRAPEScriptArguments
+    from grape_hf.grpo import main
+
+    out = tmp_path / "grpo"
+
+    def run(max_steps: int):
+        args = parse(
+            (GRAPEScriptArguments, GRPOConfig, ModelConfig),
+            ["--model_name_or_path", "unused-when-init_rewriter-is-set", "--init_rewriter", str(warm_start),
+             "--dataset_name", str(multi30k_path), "--max_train_images", "12", "--max_eval_images", "16",
+             "--max_eval_samples", "4", "--curve_eval_steps", "1", "--curve_queries", "3",
+             "--corpus_cache_dir", str(tmp_path / "cache"), "--evaluate_before_after", "false",
+             "--output_dir", str(out), "--max_steps", str(max_steps), "--per_device_train_batch_size", "3",
+             "--num_generations", "3", "--max_completion_length", "6", "--learning_rate", "1e-3",
+             "--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps", "--save_steps", "1",
+             "--logging_steps", "1", "--bf16", "false", "--gradient_checkpointing", "false"],
+        )  # fmt: skip
+        main(*args)
+
+    run(1)
+    assert (out / "checkpoint-1").is_dir()
+    first = json.loads((out / "curves.json").read_text())
+    run(2)  # resumes from checkpoint-1: one more step, and the first step's logs come back from its trainer state
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["eval"]["step"][-1] == 2 and "R@10" in curves["eval"]
+    assert curves["train"]["step"] == [1, 2] and curves["train"]["completions"] == [3, 6]
+    assert curves["train"]["reward"][0] == first["train"]["reward"][0]
+    meta = json.loads((out / "grape_rewriter.json").read_text())
+    assert meta["training"]["stages"] == ["sft", "grpo"] and meta["training"]["init_rewriter"] == str(warm_start)
+    assert meta["prompt"] == json.loads((warm_start / "grape_rewriter.json").read_text())["prompt"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "curves.png").is_file()
+
+
+def test_select_best_keeps_samples_that_beat_greedy(minilm):
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.distill import select_best
+
+    corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car in the snow"]
+    reward = GRAPERewardFunction(CLIPRankScorer(minilm, corpus, show_progress_bar=False), reward="rank")
+    kept, stats = select_best(
+        ["Zwei Männer spielen Schach", "Ein rotes Auto", "Ein Hund"],
+        [1, 2, 0],
+        ["a red car", "a red car in the snow", "a dog on grass"],
+        [["a dog", "two men playing chess"], ["a cat", "snow"], ["a dog runs on the grass", "a cat"]],
+        reward,
+    )
+    assert [row["rewrite"] for row in kept] == ["two men playing chess"]  # the other two: greedy already ranks 1
+    assert stats["kept"] == 1 and stats["oracle_R@10"] == 1.0 and stats["mean_best_reward"] >= 0.5
+    with pytest.raises(ValueError, match="one entry per query"):
+        select_best(["q"], [0, 1], ["g"], [["s", "t"]], reward)
+
+
+def test_self_distillation_round_saves_and_resumes(warm_start, multi30k_path, tmp_path):
+    from trl import ModelConfig, SFTConfig
+
+    from grape_hf.distill import DistillScriptArguments, main
+
+    out = tmp_path / "distill"
+    argv = ["--model_name_or_path", "unused", "--init_rewriter", str(warm_start), "--dataset_name",
+            str(multi30k_path), "--max_train_images", "12", "--max_train_samples", "6", "--rounds", "1",
+            "--num_samples", "4", "--max_new_tokens", "6", "--sample_dtype", "float32",
+            "--corpus_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--max_length", "128"]  # fmt: skip
+    history = main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), argv))
+    assert len(history) == 1 and history[0]["queries"] == 6 and 1 <= history[0]["kept"] <= 6
+    kept = [json.loads(line) for line in (out / "round-0" / "kept.jsonl").read_text().splitlines()]
+    assert len(kept) == history[0]["kept"] and all(row["reward"] > row["greedy_reward"] for row in kept)
+    meta = json.loads((out / "grape_rewriter.json").read_text())
+    assert meta["training"]["stages"] == ["sft", "self_distillation"]
+    assert main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), argv)) == history  # resumed, not redone
