@@ -1,7 +1,8 @@
 """The GRAPE training run: GRPO on a query rewriter, rewarded by a frozen retriever's ranking.
 
-`main(script_args, training_args, model_args)` is what `recipes/grpo_grape.py` calls; it can be called from Python
-with the three dataclasses too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
+`main(script_args, training_args, model_args)` is what `recipes/grpo_grape.py` calls (`training_args` a
+[`~grape_hf.trainer.GRAPEConfig`] or a plain `GRPOConfig`); it can be called from Python with the three dataclasses
+too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
 folder (`--init_rewriter`, e.g. the [`~grape_hf.sft`] warm start), resumes from the last checkpoint in `output_dir`,
 logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model card.
 """
@@ -45,9 +46,10 @@ def stage_template(script_args) -> PromptTemplate:
 def main(script_args: GRAPEScriptArguments, training_args, model_args):
     """Train a GRAPE rewriter with GRPOTrainer, then evaluate it before/after and save a self-describing folder."""
     from transformers import AutoTokenizer, set_seed
-    from trl import GRPOTrainer, get_peft_config
+    from trl import get_peft_config
 
     from .callbacks import RetrievalEvalCallback
+    from .trainer import GRAPETrainer
 
     set_seed(training_args.seed)
     template = stage_template(script_args)
@@ -97,7 +99,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
                 max_new_tokens=training_args.max_completion_length,
             )  # fmt: skip
         )
-    trainer = GRPOTrainer(
+    trainer = GRAPETrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=training_args,

@@ -6,12 +6,13 @@
 Any field of the YAML can be overridden on the command line (`--max_steps 50`).
 """
 
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import ModelConfig, TrlParser
 
 from grape_hf import GRAPEScriptArguments
 from grape_hf.grpo import main
+from grape_hf.trainer import GRAPEConfig
 
 if __name__ == "__main__":
-    parser = TrlParser((GRAPEScriptArguments, GRPOConfig, ModelConfig))
+    parser = TrlParser((GRAPEScriptArguments, GRAPEConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config()
     main(script_args, training_args, model_args)

@@ -98,14 +98,15 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
 
 def test_every_recipe_yaml_parses():
     """Each stage's configs (recipes/<model>/<stage>/config_*.yaml) parse with that stage's dataclasses."""
-    from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
     from grape_hf.distill import DistillScriptArguments
     from grape_hf.sft import SFTScriptArguments
+    from grape_hf.trainer import GRAPEConfig
 
     stages = {
-        "grape": (GRAPEScriptArguments, GRPOConfig, ModelConfig),
+        "grape": (GRAPEScriptArguments, GRAPEConfig, ModelConfig),
         "sft": (SFTScriptArguments, SFTConfig, ModelConfig),
         "distill": (DistillScriptArguments, SFTConfig, ModelConfig),
     }

@@ -49,16 +49,17 @@ def test_sft_saves_a_rewriter_folder_trained_on_translation_pairs(warm_start, mu
 
 
 def test_grpo_from_the_warm_start_logs_a_curve_and_resumes(warm_start, multi30k_path, tmp_path):
-    from trl import GRPOConfig, ModelConfig
+    from trl import ModelConfig
 
     from grape_hf import GRAPEScriptArguments
     from grape_hf.grpo import main
+    from grape_hf.trainer import GRAPEConfig
 
     out = tmp_path / "grpo"
 
     def run(max_steps: int):
         args = parse(
-            (GRAPEScriptArguments, GRPOConfig, ModelConfig),
+            (GRAPEScriptArguments, GRAPEConfig, ModelConfig),
             ["--model_name_or_path", "unused-when-init_rewriter-is-set", "--init_rewriter", str(warm_start),
              "--dataset_name", str(multi30k_path), "--max_train_images", "12", "--max_eval_images", "16",
              "--max_eval_samples", "4", "--curve_eval_steps", "1", "--curve_queries", "3",
@@ -66,7 +67,8 @@ def test_grpo_from_the_warm_start_logs_a_curve_and_resumes(warm_start, multi30k_
              "--output_dir", str(out), "--max_steps", str(max_steps), "--per_device_train_batch_size", "3",
              "--num_generations", "3", "--max_completion_length", "6", "--learning_rate", "1e-3",
              "--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps", "--save_steps", "1",
-             "--logging_steps", "1", "--bf16", "false", "--gradient_checkpointing", "false"],
+             "--logging_steps", "1", "--bf16", "false", "--gradient_checkpointing", "false", "--merged_generation", "true",
+             "--generation_dtype", "float32"],
         )  # fmt: skip
         main(*args)
 

@@ -1,0 +1,84 @@
+"""GRAPETrainer's merged-LoRA sampling (grape_hf.trainer) on a tiny Llama with SmolLM2's real tokenizer."""
+
+import pytest
+import torch
+
+
+def lora_policy(tiny_llama_dir, seed=0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, param in model.named_parameters():  # a non-zero LoRA update, as after some training
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    return model
+
+
+def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from grape_hf.trainer import MergedSampler
+
+    policy = lora_policy(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    inputs = tokenizer(["Ein Hund rennt über die Wiese."], return_tensors="pt")
+    sampler = MergedSampler(policy, torch.float32)
+    with torch.no_grad():
+        expected = policy(**inputs).logits
+        assert torch.allclose(sampler.model(**inputs).logits, expected, atol=1e-4)
+        greedy = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+        assert torch.equal(sampler.model.generate(**inputs, **greedy), policy.generate(**inputs, **greedy))
+        for name, param in policy.named_parameters():  # the policy moves on; sync follows it
+            if "lora_A" in name:
+                param.data.mul_(-1)
+        sampler.sync(policy, step=1)
+        assert torch.allclose(sampler.model(**inputs).logits, policy(**inputs).logits, atol=1e-4)
+        bf16 = MergedSampler(policy, torch.bfloat16)
+        assert next(bf16.model.parameters()).dtype == torch.bfloat16
+        assert torch.allclose(bf16.model(**inputs).logits.float(), policy(**inputs).logits, atol=0.1)
+
+
+def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
+    tiny_llama_dir, minilm, multi30k_path, tmp_path
+):
+    from peft import LoraConfig
+
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.data import load_multi30k
+    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    from grape_hf.trainer import GRAPEConfig, GRAPETrainer, merged_state_dict
+
+    data = load_multi30k(multi30k_path, split="validation", max_images=12)
+    scorer = CLIPRankScorer(minilm, data.corpus, show_progress_bar=False)
+    args = GRAPEConfig(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=3, num_generations=3,
+        steps_per_generation=2, max_completion_length=8, learning_rate=5e-2, logging_steps=1, report_to="none",
+        use_cpu=True, save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False,
+        merged_generation=True, generation_dtype="float32",
+    )  # fmt: skip
+    trainer = GRAPETrainer(
+        model=str(tiny_llama_dir),
+        reward_funcs=[GRAPERewardFunction(scorer, reward="rank")],
+        args=args,
+        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "rewards/grape_rank/mean" in entry]
+    assert len(logs) == 1 and logs[0]["completions/mean_length"] > 0  # rewards are logged once a generation round
+    sampler = trainer._sampler
+    assert sampler is not None and sampler.synced_step == 0  # one generation round of 6 completions, at step 0
+    trainer.merged_sampler()  # the policy changed since: the next round resyncs
+    policy_state = merged_state_dict(trainer.model)
+    for key, value in sampler.model.state_dict().items():
+        assert torch.allclose(value, policy_state[key].to(value.dtype), atol=1e-6), key
+
+
+def test_grape_config_refuses_bad_settings():
+    from grape_hf.trainer import GRAPEConfig
+
+    with pytest.raises(ValueError, match="generation_dtype must be"):
+        GRAPEConfig(output_dir="out", use_cpu=True, generation_dtype="int8")
