@@ -24,9 +24,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gradio as gr  # noqa: E402
-from PIL import UnidentifiedImageError  # noqa: E402
-
 from grape_space import MAX_K, MAX_REWRITES, SpaceEngine, SpaceInputError  # noqa: E402
+from PIL import UnidentifiedImageError  # noqa: E402
 
 logger = logging.getLogger("grape_space.app")
 EXAMPLES_FILE = Path(os.environ.get("GRAPE_SPACE_EXAMPLES", Path(__file__).with_name("examples.json")))
@@ -46,17 +45,25 @@ CSS = """
 """
 
 
-class ReferenceImage(gr.Image):
-    """`gr.Image` whose upload of a non-image says so (the stock one fails inside PIL with a bare error)."""
+def explain_non_images(image: gr.Image) -> gr.Image:
+    """Make an upload that is no image fail with a message (the stock `gr.Image` fails inside PIL, unexplained).
 
-    is_template = True  # the front end draws it as a plain Image
+    Wraps the instance's `preprocess` rather than subclassing: gradio writes a `.pyi` stub beside the file of every
+    component subclass.
+    """
+    stock = image.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return stock(payload)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"The reference {name!r} is not an image ({type(err).__name__}); upload a PNG or JPEG.")
+            raise gr.Error(
+                f"The reference {name!r} is not an image ({type(err).__name__}); upload a PNG or JPEG."
+            ) from None
+
+    image.preprocess = preprocess
+    return image
 
 
 def build_demo(engine: SpaceEngine) -> gr.Blocks:
@@ -94,7 +101,7 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
             "retriever's **ranking** ([GRAPE, arXiv 2509.23370](https://arxiv.org/abs/2509.23370)) rewrites the "
             "query. Below: what the retriever returns for the query as written and as rewritten (the target, when "
             "the query is a held-out one, framed in green and starred). Built with grape_hf's "
-            "`pipeline(\"grape-rewrite\")`, offline on its shipped rewriters. "
+            '`pipeline("grape-rewrite")`, offline on its shipped rewriters. '
             "The long-description rewriter is the base SmolLM2 with the `long_form` prompt: grape_hf ships no trained "
             "long-form rewriter (its CPU runs did not learn one)."
         )
@@ -109,16 +116,19 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
                     elem_id="grape-query",
                 )
                 with gr.Row():
-                    num_rewrites = gr.Slider(1, MAX_REWRITES, value=1, step=1, label="Rewrites (more than 1: sampled, fused by RRF)")
+                    num_rewrites = gr.Slider(
+                        1, MAX_REWRITES, value=1, step=1, label="Rewrites (more than 1: sampled, fused by RRF)"
+                    )
                     k = gr.Slider(1, MAX_K, value=8, step=1, label="Top-k")
                 button = gr.Button("Search", variant="primary", elem_id="grape-search")
-            reference = ReferenceImage(
+            reference = gr.Image(
                 label="Reference image (images track, optional)",
                 type="pil",
                 sources=["upload", "clipboard"],
                 height=200,
                 elem_id="grape-reference",
             )
+            explain_non_images(reference)
         summary = gr.HTML(elem_id="grape-summary")
         view = gr.HTML(elem_id="grape-view")
         with gr.Row(equal_height=False):
@@ -131,7 +141,7 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
                 after_gallery = gr.Gallery(columns=4, height="auto", elem_id="grape-after", show_label=False)
                 after_table = gr.HTML(elem_id="grape-after-table")
         with gr.Accordion("API result (JSON)", open=False):
-            result_json = gr.JSON(elem_id="grape-json")
+            result_json = gr.JSON(label="result", elem_id="grape-json")
 
         inputs = [track, query, reference, num_rewrites, k]
         button.click(search, inputs, result_json, api_name="search", concurrency_id="models")
@@ -163,6 +173,8 @@ def load_examples(engine: SpaceEngine) -> dict[str, list[list]]:
     folder.mkdir(exist_ok=True)
     rows = {}
     for shift, examples in chosen.items():
+        if shift == "captions" and engine.captions is None:
+            continue
         rows[shift] = []
         for example in examples:
             reference = None
@@ -206,7 +218,9 @@ def render(engine: SpaceEngine, result: dict | None):
             f"<b>{_rank_text(after)}</b> of {result['corpus_size']:,}</p>"
         )
     else:
-        rows.append("<p class='grape-rank'>This query is not one of the held-out queries, so its target is unknown.</p>")
+        rows.append(
+            "<p class='grape-rank'>This query is not one of the held-out queries, so its target is unknown.</p>"
+        )
     rows.append(
         f"<p><small>{esc(result['shift'])} · retriever <code>{esc(result['retriever'])}</code> · corpus "
         f"{esc(result['corpus'])} · {result['seconds']:.1f} s</small></p>"
@@ -225,7 +239,10 @@ def render(engine: SpaceEngine, result: dict | None):
 
     def gallery(items):
         return [
-            (engine.display_image(result, item), f"{'★ ' if item['is_target'] else ''}#{item['rank']} · {item['score']:.3f}")
+            (
+                engine.display_image(result, item),
+                f"{'★ ' if item['is_target'] else ''}#{item['rank']} · {item['score']:.3f}",
+            )
             for item in items
         ]
 

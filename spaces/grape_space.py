@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,9 +247,9 @@ class SpaceEngine:
         self.captions = None
         try:
             self.captions = self._load_captions(cache)
-        except (ValueError, FileNotFoundError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - the images track still works; the page says why this one is off
             self.captions_error = (
-                f"The captions track is off: {err} Set GRAPE_SPACE_CAPTIONS_DATA to a Multi30k folder or a "
+                f"The captions track is off: {type(err).__name__}: {err} Set GRAPE_SPACE_CAPTIONS_DATA to a Multi30k folder or a "
                 "dataset with query/target_id and a text corpus."
             )
             logger.warning(self.captions_error)
@@ -272,7 +271,9 @@ class SpaceEngine:
         captions = Corpus(f"{data.name or source} ({len(corpus):,} descriptions)", corpus, scorer)
         for query, target in zip(data.queries["query"], data.queries["target_id"]):
             captions.targets.setdefault(query, int(target))
-        self.caption_rows = [{"query": q, "target_id": int(t)} for q, t in zip(data.queries["query"], data.queries["target_id"])]
+        self.caption_rows = [
+            {"query": q, "target_id": int(t)} for q, t in zip(data.queries["query"], data.queries["target_id"])
+        ]
         return captions
 
     def _load_rewriter(self, name: str, path: str):
@@ -280,9 +281,13 @@ class SpaceEngine:
 
         from grape_hf.models import resolve_model_path
 
-        kwargs = {"shift": "long_form"} if name == "long_form" and not Path(path, "grape_rewriter.json").is_file() else {}
+        kwargs = (
+            {"shift": "long_form"} if name == "long_form" and not Path(path, "grape_rewriter.json").is_file() else {}
+        )
         is_folder = Path(path).is_dir()
-        return pipeline("grape-rewrite", model=path if is_folder else resolve_model_path(path), device=self.device, **kwargs)
+        return pipeline(
+            "grape-rewrite", model=path if is_folder else resolve_model_path(path), device=self.device, **kwargs
+        )
 
     def rewriter_label(self, name: str) -> str:
         path = self.settings.rewriters[name]
@@ -409,8 +414,13 @@ class SpaceEngine:
 
         def ranked(ranking: dict) -> list[dict]:
             return [
-                {"rank": r + 1, "id": int(i), "text": corpus.items[i], "score": round(float(s), 4),
-                 "is_target": target is not None and int(i) == target}  # fmt: skip
+                {
+                    "rank": r + 1,
+                    "id": int(i),
+                    "text": corpus.items[i],
+                    "score": round(float(s), 4),
+                    "is_target": target is not None and int(i) == target,
+                }  # fmt: skip
                 for r, (i, s) in enumerate(zip(ranking["ids"][:k], ranking["scores"][:k]))
             ]
 
@@ -477,7 +487,9 @@ def pick_examples(engine: SpaceEngine, shift: str, count: int, candidates: int, 
     for row in pool:
         reference = engine.composed.scenes[row["reference_id"]].render() if shift == "composed" else None
         track = "captions" if shift == "captions" else "images"
-        result = engine.search(track, row["query"], reference=reference, k=5, shift=None if shift == "composed" else shift)
+        result = engine.search(
+            track, row["query"], reference=reference, k=5, shift=None if shift == "composed" else shift
+        )
         before, after = result["target_rank"]["original"], result["target_rank"]["rewritten"]
         scored.append({**row, "rewrite": result["rewrites"][0], "rank_before": before, "rank_after": after})
     scored.sort(key=lambda r: (-(r["rank_before"] - r["rank_after"]) / r["rank_before"], r["rank_after"]))

@@ -29,8 +29,11 @@ def main() -> None:
         start = time.time()
         picked = pick_examples(engine, shift, KEEP[shift], candidates)
         examples[shift] = [
-            {key: row[key] for key in ("query", "target_id", "reference_id", "language", "rewrite", "rank_before",
-                                       "rank_after") if key in row}  # fmt: skip
+            {
+                key: row[key]
+                for key in ("query", "target_id", "reference_id", "language", "rewrite", "rank_before", "rank_after")
+                if key in row
+            }  # fmt: skip
             for row in picked
         ]
         print(f"{shift}: {candidates} candidates in {time.time() - start:.0f} s", flush=True)
