@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,8 @@ class SpaceEngine:
         self.device = device
         self.timings: dict[str, float] = {}
         self.captions_error: str | None = None
+        # One search at a time, whichever event (button, example, API) asks: the pipelines are not thread-safe.
+        self._lock = threading.Lock()
         self._load()
 
     # ------------------------------------------------------------------ loading
@@ -406,10 +409,11 @@ class SpaceEngine:
             generate.update(do_sample=True, temperature=1.0, top_p=0.95)
         # Full-depth rankings, so that the target's rank is exact before and after (also after fusion).
         engine = GRAPERetriever(self.rewriters[kind], corpus.scorer, depth=len(corpus))
-        result = engine.search(
-            query, k=len(corpus), reference=reference_caption, ensemble=num_rewrites if num_rewrites > 1 else 0,
-            **generate,
-        )  # fmt: skip
+        with self._lock:
+            result = engine.search(
+                query, k=len(corpus), reference=reference_caption, ensemble=num_rewrites if num_rewrites > 1 else 0,
+                **generate,
+            )  # fmt: skip
         after = result["ensemble"] if num_rewrites > 1 else result["rewritten"]
 
         def ranked(ranking: dict) -> list[dict]:
