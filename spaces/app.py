@@ -134,11 +134,11 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(elem_id="grape-before-panel"):
                 before_title = gr.Markdown("### Query as written")
-                before_gallery = gr.Gallery(columns=4, height="auto", elem_id="grape-before", show_label=False)
+                before_gallery = gr.Gallery(columns=4, height=330, elem_id="grape-before", show_label=False)
                 before_table = gr.HTML(elem_id="grape-before-table")
             with gr.Column(elem_id="grape-after-panel"):
                 after_title = gr.Markdown("### Rewritten by GRAPE")
-                after_gallery = gr.Gallery(columns=4, height="auto", elem_id="grape-after", show_label=False)
+                after_gallery = gr.Gallery(columns=4, height=330, elem_id="grape-after", show_label=False)
                 after_table = gr.HTML(elem_id="grape-after-table")
         with gr.Accordion("API result (JSON)", open=False):
             result_json = gr.JSON(label="result", elem_id="grape-json")
@@ -188,7 +188,7 @@ def load_examples(engine: SpaceEngine) -> dict[str, list[list]]:
 
 def _example_label(row: list) -> str:
     text = row[1][:90] + ("…" if len(row[1]) > 90 else "")
-    return f"🖼 reference + “{text}”" if row[2] else text
+    return f"[reference image] + “{text}”" if row[2] else text
 
 
 # --- rendering the result ---------------------------------------------------------------------------------------
