@@ -2,7 +2,7 @@
 
 The shipped GRAPE rewriter (`smollm2-135m-grape-multi30k-de`) on Multi30k task2 val: the greedy rewrite alone vs
 reciprocal-rank fusion (`GRAPERetriever(..., ensemble=N)`) of N sampled rewrites and the original German query.
-Same 200 queries and 1,014-description corpus as `multi30k_de.py`.
+Same 200 queries and 1,014-description corpus as the Multi30k runs in RESULTS.md.
 
     python benchmarks/ensemble_multi30k.py [--num_queries 200] [--ensemble 4]
 """
@@ -23,8 +23,7 @@ from grape_hf import CLIPRankScorer, GRAPERetriever, load_retriever  # noqa: E40
 from grape_hf.data import load_multi30k  # noqa: E402
 from grape_hf.evaluation import markdown_table, retrieval_metrics  # noqa: E402
 from grape_hf.models import cache_home  # noqa: E402
-from grape_hf.prompts import PromptTemplate  # noqa: E402
-from grape_hf.rewriter import QueryRewriter, load_rewriter_model, shipped_rewriter_path  # noqa: E402
+from grape_hf.rewriter import QueryRewriter, shipped_rewriter_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
@@ -49,8 +48,7 @@ def main() -> None:
         val.corpus,
         cache_dir=cache_home() / "corpus_embeddings",
     )
-    model, tokenizer, config = load_rewriter_model(str(shipped_rewriter_path()), torch_dtype=torch.bfloat16)
-    rewriter = QueryRewriter(model, tokenizer, PromptTemplate.from_dict(config.prompt), max_new_tokens=32)
+    rewriter = QueryRewriter.from_pretrained(str(shipped_rewriter_path()), dtype=torch.bfloat16, max_new_tokens=32)
     search = GRAPERetriever(rewriter, scorer)
     queries, targets = list(val.queries["query"]), list(val.queries["target_id"])
     k = 10

@@ -45,7 +45,8 @@ from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever  # noqa
 from grape_hf.evaluation import METRICS, evaluate_retrieval, markdown_table  # noqa: E402
 from grape_hf.models import SMOLLM2_ID, cache_home, resolve_model_path  # noqa: E402
 from grape_hf.prompts import PromptTemplate, get_prompt_template  # noqa: E402
-from grape_hf.rewriter import QueryRewriter, RewriterConfig  # noqa: E402
+from grape_hf.rewriter import QueryRewriter  # noqa: E402
+from grape_hf.rewriter_folder import RewriterConfig  # noqa: E402
 from grape_hf.shapes import SHIFT_LANGUAGES, build_shift  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

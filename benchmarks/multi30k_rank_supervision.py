@@ -1,0 +1,162 @@
+"""Does rank supervision beat a supervised warm start? Multi30k German→English, stage by stage (issue 11).
+
+Every stage is grape_hf's own, run with its recipe config and a few overrides: the warm start (`grape_hf.sft`, LoRA
+SFT on task1's translations), rank-filtered self-distillation from it (`grape_hf.distill`), GRPO `rank` with a KL
+term from the self-distillation policy (`grape_hf.grpo`, `--init_rewriter`), and GRPO `similarity` with the same
+budget (the inflation comparison). Each is evaluated on the Multi30k task2 val queries (German description 1 → the
+image's English description 1 among all 1,014), together with the German query as is, the zero-shot SmolLM2 and the
+oracle best of 8 samples of the final policy (picked knowing the target: the room a policy could still learn).
+
+    python benchmarks/multi30k_rank_supervision.py --quick      # tiny sizes, minutes: checks the pipeline
+    python benchmarks/multi30k_rank_supervision.py              # the sizes below, hours on this CPU
+
+Stages are cached in --output_dir (a finished stage's rewriter folder is reused; GRPO resumes from its last
+checkpoint), so a run spread over several sessions picks up where it stopped. Writes
+benchmarks/results/multi30k_de_rank_supervision{,_quick}.json and a plot of R@10 against completions seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
+RESULTS = REPO / "benchmarks" / "results"
+RECIPES = REPO / "recipes" / "SmolLM2-135M-Instruct"
+RETRIEVER = "sentence-transformers:all-MiniLM-L6-v2"
+# Stage -> recipe overrides. FULL is sized for this 2-core CPU at the fast path's ~1 completion/s (see RESULTS.md).
+FULL = {
+    "sft": ["--max_steps", "250", "--max_train_samples", "4000"],
+    "distill": ["--rounds", "2", "--max_train_samples", "1000", "--num_train_epochs", "2"],
+    "grpo": ["--max_steps", "200", "--beta", "0.04", "--learning_rate", "1e-4", "--curve_eval_steps", "20"],
+}
+QUICK = {
+    "sft": ["--max_steps", "4", "--max_train_samples", "64", "--per_device_train_batch_size", "8"],
+    "distill": ["--rounds", "1", "--max_train_samples", "16", "--num_samples", "4", "--max_steps", "2"],
+    "grpo": ["--max_steps", "4", "--curve_eval_steps", "2", "--curve_queries", "8", "--max_train_images", "200"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
+    """Run one stage's `main` through TrlParser with its recipe config, unless its rewriter folder exists."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    if (out / "grape_rewriter.json").is_file():
+        return out
+    from grape_hf import GRAPEScriptArguments, distill, grpo, sft
+    from grape_hf.trainer import GRAPEConfig
+
+    kinds = {
+        "sft": ((sft.SFTScriptArguments, SFTConfig, ModelConfig), RECIPES / "sft" / "config_multi30k_de.yaml", sft),
+        "distill": ((distill.DistillScriptArguments, SFTConfig, ModelConfig),
+                    RECIPES / "distill" / "config_multi30k_de.yaml", distill),
+        "grpo": ((GRAPEScriptArguments, GRAPEConfig, ModelConfig), RECIPES / "grape" / "config_multi30k_de.yaml", grpo),
+    }  # fmt: skip
+    classes, config, module = kinds[stage]
+    argv = ["--config", str(config), "--dataset_name", str(MULTI30K), "--output_dir", str(out), "--use_cpu", "true",
+            "--report_to", "none", *extra]  # fmt: skip
+    args = TrlParser(classes).parse_args_and_config(args=argv, fail_with_unknown_args=True)
+    log(f"{stage} -> {out}")
+    module.main(*args)
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
+    from grape_hf.data import load_multi30k
+    from grape_hf.evaluation import evaluate_retrieval, markdown_table, plot_curves
+    from grape_hf.models import SMOLLM2_ID, cache_home
+    from grape_hf.rewriter_folder import RewriterConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--eval_queries", type=int, default=0, help="Val queries evaluated (0: all 1,014).")
+    parser.add_argument("--stages", nargs="+", default=["sft", "distill", "rank", "similarity"])
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    tag = "_quick" if args.quick else ""
+    out = Path(args.output_dir or REPO / "outputs" / f"multi30k_rank_supervision{tag}")
+    eval_queries = args.eval_queries or (48 if args.quick else None)
+
+    val = load_multi30k(MULTI30K, split="validation", task="task2", max_queries=eval_queries, seed=0)
+    scorer = CLIPRankScorer(load_retriever(RETRIEVER), val.corpus, cache_dir=cache_home() / "corpus_embeddings")
+    queries, targets = list(val.queries["query"]), list(val.queries["target_id"])
+    results_file = RESULTS / f"multi30k_de_rank_supervision{tag}.json"
+    results = json.loads(results_file.read_text())["methods"] if results_file.is_file() else {}
+
+    def evaluate(name: str, source: str | None, **info) -> None:
+        if name in results:
+            return
+        t = time.time()
+        if source is None:
+            texts = queries
+        else:
+            rewriter = QueryRewriter.from_pretrained(source, dtype=torch.bfloat16, max_new_tokens=32)
+            if hasattr(rewriter.model, "merge_and_unload"):
+                rewriter.model = rewriter.model.merge_and_unload()
+            texts = [r[0] for r in rewriter.rewrite(queries, batch_size=32)]
+        results[name] = {**evaluate_retrieval(scorer, texts, targets), **info}
+        log(f"{name}: {results[name]} ({time.time() - t:.0f} s)")
+        save()
+
+    def save() -> None:
+        results_file.write_text(json.dumps({"num_queries": len(queries), "methods": results}, indent=2) + "\n")
+
+    def minutes(folder: Path) -> float:
+        training = RewriterConfig.load(folder).training
+        seconds = training.get("train_seconds") or sum(
+            h.get("sample_seconds", 0) + h.get("train_seconds", 0) for h in training.get("history", [])
+        )
+        return round(seconds / 60, 1)
+
+    evaluate("german_as_is", None)
+    evaluate("zero_shot", SMOLLM2_ID)
+    sft_dir = run_stage("sft", out / "sft", sizes["sft"])
+    evaluate("warm_start", str(sft_dir), train_cpu_minutes=minutes(sft_dir))
+    start = sft_dir
+    if "distill" in args.stages:
+        distill_dir = run_stage("distill", out / "distill", ["--init_rewriter", str(sft_dir), *sizes["distill"]])
+        evaluate("self_distillation", str(distill_dir), train_cpu_minutes=minutes(distill_dir),
+                 started_from="warm_start")  # fmt: skip
+        start = distill_dir
+    started_from = "self_distillation" if start != sft_dir else "warm_start"
+    curves = {}
+    for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
+        if reward not in args.stages:
+            continue
+        folder = run_stage("grpo", out / f"grpo-{reward}", ["--init_rewriter", str(start), "--reward_funcs", reward,
+                                                             "--evaluate_before_after", "false", *sizes["grpo"]])  # fmt: skip
+        evaluate(name, str(folder), train_cpu_minutes=minutes(folder), started_from=started_from)
+        curves[f"GRPO {reward}"] = json.loads((folder / "curves.json").read_text())
+    final = out / "grpo-rank" if "rank" in args.stages else start
+    if "oracle_best_of_8" not in results:
+        rewriter = QueryRewriter.from_pretrained(str(final), dtype=torch.bfloat16, max_new_tokens=32)
+        samples = rewriter.rewrite(queries, num_rewrites=8, batch_size=8, temperature=1.0, top_k=0, top_p=1.0)
+        flat = [s for group in samples for s in group]
+        ranks = scorer.ranks(flat, [t for t in targets for _ in range(8)]).view(len(queries), 8).min(dim=1).values
+        from grape_hf.metrics import retrieval_metrics
+
+        results["oracle_best_of_8"] = {**retrieval_metrics(ranks), "policy": final.name}
+        save()
+    log("\n" + markdown_table(results))
+    if curves:
+        plot_curves(curves, RESULTS / f"multi30k_de_rank_supervision{tag}_curves.png",
+                    title="Multi30k de→en: GRPO from the best earlier stage")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
