@@ -19,6 +19,8 @@ _LAZY = {
     "GRAPERewardFunction": "rewards",
     "get_reward_funcs": "rewards",
     "GRAPEScriptArguments": "configs",
+    "GRAPEConfig": "trainer",
+    "GRAPETrainer": "trainer",
     "QueryRewriter": "rewriter",
     "RewriterConfig": "rewriter_folder",
     "load_rewriter": "rewriter_folder",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; `__all__` re
     from .rewriter_folder import RewriterConfig, load_rewriter
     from .scorer import CLIPRankScorer
     from .search import GRAPERetriever
+    from .trainer import GRAPEConfig, GRAPETrainer
 
 
 def __getattr__(name: str):
