@@ -194,7 +194,7 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
         from datasets import Dataset
 
         model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         round_args = _round_args(training_args, round_dir)

@@ -68,7 +68,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
 
     model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=model_args.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {

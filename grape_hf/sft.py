@@ -117,7 +117,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     template = get_prompt_template(script_args.shift, script_args.prompt_template)
     pairs = load_pairs(script_args, seed=training_args.seed)
     model, tokenizer_source = load_policy(model_args, dtype=model_args.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {
