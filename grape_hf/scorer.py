@@ -183,6 +183,10 @@ class CLIPRankScorer:
             self.corpus_embeddings = self._embed_corpus(corpus, cache_dir, show_progress_bar)
         self._sampler = None
 
+    #: Whether the corpus embeddings came from the cache (None without a cache), and the cache file.
+    cache_hit: bool | None = None
+    cache_file: Path | None = None
+
     @classmethod
     def from_embeddings(cls, retriever: Retriever, embeddings: torch.Tensor, **kwargs) -> CLIPRankScorer:
         """Build a scorer from precomputed corpus embeddings (`(N, D)`, normalised here), skipping the embedding."""
@@ -215,8 +219,10 @@ class CLIPRankScorer:
         identity = {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint()}
         key = cache.key(identity["spec"], identity["fingerprint"], content_hash(corpus))
         shape = (len(corpus), self.retriever.embedding_dim)
+        self.cache_file = cache.path(key)
         with cache.lock(key):  # under several processes, one embeds and writes; the others wait and load
             embeddings = cache.load(key, shape, identity)
+            self.cache_hit = embeddings is not None
             if embeddings is None:
                 embeddings = encode(corpus, show_progress_bar=show_progress_bar)
                 check_corpus_embeddings(embeddings, self.retriever.spec)
