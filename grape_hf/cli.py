@@ -4,6 +4,46 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
+
+
+def _rewriter_entries(entries: list[str] | None) -> dict[str, str]:
+    """`--rewriter` values as name -> path, refusing a name given twice (the second used to replace the first)."""
+    named: dict[str, str] = {}
+    for entry in entries or ["none"]:
+        name, _, path = entry.rpartition("=")
+        name = name or ("original query" if path == "none" else path)
+        if name in named:
+            raise ValueError(
+                f"--rewriter name {name!r} is given twice ({named[name]!r} and {path!r}); name them apart with "
+                f"NAME=PATH, e.g. --rewriter first={named[name]} --rewriter second={path}."
+            )
+        named[name] = path
+    return named
+
+
+def _check_writable_dir(flag: str, folder: str | Path) -> None:
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {str(folder)!r} is a file, not a folder; give a folder to write into.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {str(folder)!r} is not writable ({err}); give a writable folder.") from err
+
+
+def _check_evaluate(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the (long) embedding and rewriting, so no result is lost to it."""
+    from .cache import check_cache_dir
+    from .models import cache_home
+
+    _rewriter_entries(args.rewriter)
+    if args.output_dir:
+        _check_writable_dir("--output_dir", args.output_dir)
+    check_cache_dir(args.cache_dir or cache_home() / "corpus_embeddings")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -18,11 +58,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
     data = load_grape_dataset(args.dataset, split=args.split, max_queries=args.max_samples, seed=args.seed, **extra)
     retriever = load_retriever(args.retriever)
-    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=cache_home() / "corpus_embeddings")
+    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
     rewriters = {}
-    for entry in args.rewriter or ["none"]:
-        name, _, path = entry.rpartition("=")
-        name = name or ("original query" if path == "none" else path)
+    for name, path in _rewriter_entries(args.rewriter).items():
         if path == "none":
             rewriters[name] = None
             continue
@@ -79,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output_dir", default=None, help="Write <name>.md, .json and .png here.")
     ev.add_argument("--name", default="evaluation")
-    ev.set_defaults(func=_evaluate)
+    ev.add_argument("--cache_dir", default=None, help="Corpus embedding cache (default: grape_hf's cache folder).")
+    ev.set_defaults(func=_evaluate, check=_check_evaluate)
 
     push = sub.add_parser("push", help="Upload a trained rewriter folder with its GRAPE model card.")
     push.add_argument("folder")
@@ -91,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        try:
+            check(args)
+        except ValueError as err:
+            parser.error(f"{args.command}: {err}")
     return args.func(args)
 
 
