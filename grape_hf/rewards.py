@@ -104,7 +104,7 @@ class GRAPERewardFunction:
 
     Every call logs the completions' `mean_rank`, `recall@1`, `recall@5`, `recall@10`, `mrr`,
     `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
-    monitor), `empty_fraction` and `degenerate_queries` (how many completions embedded to NaN, infinity or zero) as
+    monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded to NaN, infinity or zero) as
     `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or degenerate one counting
     as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average over the ranked ones. So the same keys are logged
     on every call and, averaged over processes as TRL does, equal the single-process values. Inside `GRPOTrainer`
@@ -233,7 +233,7 @@ class GRAPERewardFunction:
             "target_similarity": _nanmean(stats.target_similarity),
             "nontarget_similarity": _nanmean(stats.nontarget_similarity),
             "empty_fraction": empty.float().mean().item(),
-            "degenerate_queries": int(stats.degenerate.sum()),
+            "degenerate_fraction": stats.degenerate.float().mean().item(),
         }
         self.last_metrics = {f"{self.metric_prefix}/{k}": v for k, v in metrics.items()}
         if log_metric is not None:

@@ -82,14 +82,14 @@ def test_metrics_are_logged_through_log_metric(scorer):
             "target_similarity",
             "nontarget_similarity",
             "empty_fraction",
-            "degenerate_queries",
+            "degenerate_fraction",
         )
     }
     assert set(logged) == expected_keys
     # The empty completion counts as a miss at the worst rank.
     assert logged["grape/recall@1"] == pytest.approx(1 / 3) and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
     assert logged["grape/mean_rank"] == pytest.approx((1 + scorer.ranks(["a dog"], [1]).item() + 4) / 3)
-    assert logged["grape/degenerate_queries"] == 0
+    assert logged["grape/degenerate_fraction"] == 0
     assert logged == reward.last_metrics
 
 
@@ -193,7 +193,7 @@ def test_degenerate_query_embedding_earns_the_lowest_reward_and_is_counted(minil
     values = reward(completions=["the void", "two men play chess", "void"], target_id=[1, 1, 1])
     assert values[0] == values[2] == LOWEST_REWARD[variant] < values[1]
     metrics = reward.last_metrics
-    assert metrics["grape/degenerate_queries"] == 2
+    assert metrics["grape/degenerate_fraction"] == pytest.approx(2 / 3)
     assert metrics["grape/mean_rank"] == pytest.approx((4 + 1 + 4) / 3)
     assert math.isfinite(metrics["grape/target_similarity"]) and math.isfinite(metrics["grape/nontarget_similarity"])
     relative = GRAPERewardFunction(scorer, reward=variant, relative=True)
