@@ -208,6 +208,11 @@ class CLIPRankScorer:
     def __len__(self) -> int:
         return self.corpus_embeddings.shape[0]
 
+    def _corpus_sum(self) -> torch.Tensor:
+        if getattr(self, "_sum", None) is None:
+            self._sum = self.corpus_embeddings.sum(0, dtype=torch.float64)
+        return self._sum
+
     # ------------------------------------------------------------------ corpus embedding and its cache
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
         is_text = isinstance(corpus[0], str)
@@ -278,22 +283,23 @@ class CLIPRankScorer:
         target_score = (q[:, None, :] * emb[tid.clamp(min=0)]).sum(-1)  # (Q, W)
         threshold = torch.where(valid, target_score + self.tie_tolerance, torch.inf)
         higher = torch.zeros(num_q, width, dtype=torch.long)
-        sum_all = torch.zeros(num_q, dtype=torch.float64)
         k = min(self.top_k, max(n - 1, 1))
         top = torch.full((num_q, k), -torch.inf)
         chunk = min(self.chunk_size, n)
-        # One score block and one boolean block, reused for every chunk: the documented memory bound.
+        # One score block and one boolean block, reused for every chunk: the documented memory bound. Each chunk
+        # costs the matmul plus three passes over its scores (compare, count, top-k); the mean non-target
+        # similarity needs none, since sum_j s(q, j) = q . sum_j e_j.
         score_buf = torch.empty(num_q * chunk)
         beats_buf = torch.empty(num_q * chunk, dtype=torch.bool)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             size = stop - start
             scores = torch.matmul(q, emb[start:stop].T, out=score_buf[: num_q * size].view(num_q, size))
-            sum_all += scores.sum(1, dtype=torch.float64)
             beats = beats_buf[: num_q * size].view(num_q, size)
             for w in range(width):
                 torch.gt(scores, threshold[:, w : w + 1], out=beats)
-                higher[:, w] += beats.sum(1)
+                # Summing bytes into int32 is ~2x faster than summing bools into int64.
+                higher[:, w] += beats.view(torch.uint8).sum(1, dtype=torch.int32)
             here = valid & (tid >= start) & (tid < stop)
             if bool(here.any()):
                 qi, wi = here.nonzero(as_tuple=True)
@@ -302,6 +308,7 @@ class CLIPRankScorer:
                 higher[qi, wi] -= (scores[qi, cols] > threshold[qi, wi]).long()
                 scores[qi, cols] = -torch.inf
             top = torch.cat([top, scores.topk(min(k, size), dim=1).values], dim=1).topk(k, dim=1).values
+        sum_all = q.double() @ self._corpus_sum()
         pair_rank = torch.where(valid, higher + 1, n + 1)
         ranks, best = pair_rank.min(dim=1)
         target_sim = target_score.gather(1, best[:, None]).squeeze(1)
