@@ -15,6 +15,7 @@ and `RankStats.degenerate` flags it. Corpus rows like that are refused when the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 from collections.abc import Iterable, Sequence
@@ -176,6 +177,8 @@ class CLIPRankScorer:
             raise ValueError(f"sampled_negatives must be a positive count or None, got {sampled_negatives}.")
         if _embeddings is not None:
             self.corpus_embeddings = check_corpus_embeddings(_embeddings, "the given embeddings")
+            digest = hashlib.sha256(memoryview(_embeddings.float().contiguous().numpy())).hexdigest()
+            self.corpus_hash = f"embeddings:{digest}"
         else:
             corpus = list(corpus)
             if not corpus:
@@ -214,15 +217,21 @@ class CLIPRankScorer:
         return self._sum
 
     # ------------------------------------------------------------------ corpus embedding and its cache
+    @property
+    def identity(self) -> dict[str, str]:
+        """What produced the corpus embeddings: the retriever spec, its weight fingerprint and the corpus hash (an
+        index built for another identity is refused, see [`~grape_hf.index.CorpusIndex`])."""
+        return {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint(), "corpus": self.corpus_hash}
+
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
         is_text = isinstance(corpus[0], str)
         encode = self.retriever.encode_text if is_text else self.retriever.encode_image
+        self.corpus_hash = content_hash(corpus)  # also checks the item types, with or without a cache
         if cache_dir is None:
-            content_hash(corpus)  # the same item-type check as with a cache
             return check_corpus_embeddings(encode(corpus, show_progress_bar=show_progress_bar), self.retriever.spec)
         cache = CorpusCache(check_cache_dir(cache_dir))
         identity = {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint()}
-        key = cache.key(identity["spec"], identity["fingerprint"], content_hash(corpus))
+        key = cache.key(identity["spec"], identity["fingerprint"], self.corpus_hash)
         shape = (len(corpus), self.retriever.embedding_dim)
         self.cache_file = cache.path(key)
         with cache.lock(key):  # under several processes, one embeds and writes; the others wait and load
