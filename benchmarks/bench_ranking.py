@@ -69,6 +69,48 @@ def bare_matmul(q, emb, chunk):
     return scores
 
 
+def measure(n: int, args, retriever, generator) -> dict:
+    from grape_hf import CLIPRankScorer
+
+    emb = torch.nn.functional.normalize(torch.randn(n, args.dim, generator=generator), dim=-1)
+    targets = torch.randint(0, n, (args.queries // args.generations,), generator=generator)
+    targets = targets.repeat_interleave(args.generations)
+    q = torch.nn.functional.normalize(
+        emb[targets] + 0.08 * torch.randn(args.queries, args.dim, generator=generator), dim=-1
+    )
+    scorer = CLIPRankScorer.from_embeddings(retriever, emb)
+    row = {"corpus": n}
+    row["bare_matmul_s"] = timed(lambda: bare_matmul(q, emb, scorer.chunk_size), args.repeats)
+    row["rank_stats_s"] = timed(lambda: scorer.rank_stats(q, targets), args.repeats)
+    row["ratio_to_bare"] = row["rank_stats_s"] / row["bare_matmul_s"]
+    with PeakRSS() as mem:
+        scorer.rank_stats(q, targets)
+    row["rank_stats_peak_mb"] = mem.mb
+    row["documented_bound_mb"] = 5 * args.queries * min(scorer.chunk_size, n) / 2**20
+    row["search_top10_s"] = timed(lambda: scorer.search(q, k=10), args.repeats)
+    if "st" not in args.skip:
+        from sentence_transformers.util import semantic_search
+
+        row["st_semantic_search_s"] = timed(lambda: semantic_search(q, emb, top_k=10), args.repeats)
+    if "faiss" not in args.skip:
+        import faiss
+
+        start = time.perf_counter()
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(emb.numpy())
+        row["faiss_flat_build_s"] = time.perf_counter() - start
+        qn = q.numpy()
+        row["faiss_flat_search_s"] = timed(lambda: index.search(qn, 10), args.repeats)
+        del index
+    if "sampled" not in args.skip:
+        fresh = CLIPRankScorer.from_embeddings(retriever, emb, sampled_negatives=args.sampled_negatives)
+        start = time.perf_counter()
+        fresh.rank_stats(q, targets)  # first pass: finds the hard negatives of the new targets
+        row["sampled_first_pass_s"] = time.perf_counter() - start
+        row["sampled_cached_s"] = timed(lambda: fresh.rank_stats(q, targets), args.repeats)
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -81,13 +123,14 @@ def main():
     parser.add_argument("--output", default="benchmarks/results/ranking.json")
     args = parser.parse_args()
 
-    from grape_hf import CLIPRankScorer, load_retriever
+    from grape_hf import load_retriever
 
     # A randomly initialised open_clip ViT-B-32 (no download): a real retriever that embeds to 512 dimensions.
     retriever = load_retriever("open_clip:ViT-B-32", device="cpu")
     assert retriever.embedding_dim == args.dim, retriever.embedding_dim
     results = {
-        "command": "python benchmarks/bench_ranking.py " + " ".join(f"--sizes {' '.join(map(str, args.sizes))}".split()),
+        "command": "python benchmarks/bench_ranking.py "
+        + " ".join(f"--sizes {' '.join(map(str, args.sizes))}".split()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         "queries": args.queries,
@@ -96,43 +139,9 @@ def main():
     }
     generator = torch.Generator().manual_seed(0)
     for n in args.sizes:
-        emb = torch.nn.functional.normalize(torch.randn(n, args.dim, generator=generator), dim=-1)
-        targets = torch.randint(0, n, (args.queries // args.generations,), generator=generator)
-        targets = targets.repeat_interleave(args.generations)
-        q = torch.nn.functional.normalize(emb[targets] + 0.08 * torch.randn(args.queries, args.dim, generator=generator), dim=-1)
-        scorer = CLIPRankScorer.from_embeddings(retriever, emb)
-        row = {"corpus": n}
-        row["bare_matmul_s"] = timed(lambda: bare_matmul(q, emb, scorer.chunk_size), args.repeats)
-        row["rank_stats_s"] = timed(lambda: scorer.rank_stats(q, targets), args.repeats)
-        row["ratio_to_bare"] = row["rank_stats_s"] / row["bare_matmul_s"]
-        with PeakRSS() as mem:
-            scorer.rank_stats(q, targets)
-        row["rank_stats_peak_mb"] = mem.mb
-        row["documented_bound_mb"] = 5 * args.queries * min(scorer.chunk_size, n) / 2**20
-        row["search_top10_s"] = timed(lambda: scorer.search(q, k=10), args.repeats)
-        if "st" not in args.skip:
-            from sentence_transformers.util import semantic_search
-
-            row["st_semantic_search_s"] = timed(lambda: semantic_search(q, emb, top_k=10), args.repeats)
-        if "faiss" not in args.skip:
-            import faiss
-
-            start = time.perf_counter()
-            index = faiss.IndexFlatIP(args.dim)
-            index.add(emb.numpy())
-            row["faiss_flat_build_s"] = time.perf_counter() - start
-            qn = q.numpy()
-            row["faiss_flat_search_s"] = timed(lambda: index.search(qn, 10), args.repeats)
-            del index
-        if "sampled" not in args.skip:
-            fresh = CLIPRankScorer.from_embeddings(retriever, emb, sampled_negatives=args.sampled_negatives)
-            start = time.perf_counter()
-            fresh.rank_stats(q, targets)  # first pass: finds the hard negatives of the new targets
-            row["sampled_first_pass_s"] = time.perf_counter() - start
-            row["sampled_cached_s"] = timed(lambda: fresh.rank_stats(q, targets), args.repeats)
+        row = measure(n, args, retriever, generator)
         print(json.dumps(row), flush=True)
         results["rows"].append(row)
-        del emb, scorer
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -67,7 +67,8 @@ class CorpusCache:
     >>> from grape_hf.cache import CorpusCache
     >>> cache = CorpusCache(tempfile.mkdtemp())
     >>> key = cache.key("st:my-model", "f00d", "c0ffee")
-    >>> cache.save(key, torch.eye(2), {"spec": "st:my-model"})
+    >>> cache.save(key, torch.eye(2), {"spec": "st:my-model"}).name
+    'corpus-fbf49224b5c8d50a3805102d9c00708c.safetensors'
     >>> cache.load(key, (2, 2), {"spec": "st:my-model"}).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
     ```

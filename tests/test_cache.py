@@ -115,3 +115,24 @@ def test_several_processes_embed_once_and_load_the_one_file(tmp_path):
     assert sorted(o["hit"] for o in outs) == [False, True]  # one embedded and wrote, the other waited and loaded
     assert outs[0]["sum"] == outs[1]["sum"]
     assert [p.suffix for p in tmp_path.iterdir() if p.suffix != ".lock"] == [".safetensors"]
+
+
+def test_doc_examples_of_the_reliability_modules_run():
+    """The `>>>` examples of cache, negatives and index run and hold (fenced doc-builder style)."""
+    import doctest
+    import importlib
+    import re
+
+    class FencedParser(doctest.DocTestParser):
+        def parse(self, string, name="<string>"):
+            return super().parse(re.sub(r"^\s*```(python)?\s*$", "", string, flags=re.M), name)
+
+    finder = doctest.DocTestFinder(parser=FencedParser())
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    examples = 0
+    for name in ("cache", "negatives", "index"):
+        for test in finder.find(importlib.import_module(f"grape_hf.{name}")):
+            examples += len(test.examples)
+            runner.run(test)
+    assert examples >= 8
+    assert runner.failures == 0
