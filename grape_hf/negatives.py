@@ -93,24 +93,30 @@ class SampledNegatives:
         """Per query: the estimated rank among the whole corpus, the target similarity, the mean similarity of the
         random stratum (an unbiased estimate of the mean non-target similarity) and the mean of the `top_k` highest
         sampled negatives."""
-        n = self.emb.shape[0]
+        n, num_q = self.emb.shape[0], q.shape[0]
         keys = [tuple(ts) for ts in targets]
         self._find_hard(keys)
-        ranks, tsim, nsim, ksim = [], [], [], []
+        ranks = torch.empty(num_q, dtype=torch.long)
+        tsim, nsim, ksim = torch.empty(num_q), torch.empty(num_q), torch.empty(num_q)
+        groups: dict[tuple[int, ...], list[int]] = {}
         for qi, key in enumerate(keys):
+            groups.setdefault(key, []).append(qi)
+        # Completions of one prompt share their negatives: one gather and one matmul per target set.
+        for key, rows in groups.items():
+            rows = torch.tensor(rows)
             target_ids = torch.tensor(key)
             hard = self._hard[key]
             random = self._random(key, torch.cat([target_ids, hard]))
-            best = (self.emb[target_ids] @ q[qi]).max()
-            hard_scores = self.emb[hard] @ q[qi]
-            random_scores = self.emb[random] @ q[qi]
-            beats = int((hard_scores > best + tie_tolerance).sum())
+            qs = q[rows].T  # (D, G)
+            best = (self.emb[target_ids] @ qs).amax(0)  # (G,)
+            scores = self.emb[torch.cat([hard, random])] @ qs  # (h + r, G)
+            beats = scores > best + tie_tolerance
+            estimate = beats[: len(hard)].sum(0).double()
             if len(random):
                 rest = n - len(key) - len(hard)
-                beats += rest * float((random_scores > best + tie_tolerance).sum()) / len(random)
-            ranks.append(min(n, 1 + round(beats)))
-            negatives = torch.cat([hard_scores, random_scores])
-            tsim.append(best)
-            nsim.append(random_scores.mean() if len(random) else negatives.mean())
-            ksim.append(negatives.topk(min(top_k, len(negatives))).values.mean())
-        return torch.tensor(ranks, dtype=torch.long), torch.stack(tsim), torch.stack(nsim), torch.stack(ksim)
+                estimate += beats[len(hard) :].sum(0).double() * rest / len(random)
+            ranks[rows] = (1 + estimate.round().long()).clamp(max=n)
+            tsim[rows] = best
+            nsim[rows] = scores[len(hard) :].mean(0) if len(random) else scores.mean(0)
+            ksim[rows] = scores.topk(min(top_k, len(scores)), dim=0).values.mean(0)
+        return ranks, tsim, nsim, ksim
