@@ -130,8 +130,9 @@ class CLIPRankScorer:
             retriever spec, a fingerprint of its weights and a hash of the corpus; see [`~grape_hf.cache`]). Checked
             to be a writable folder before anything is embedded. No caching if `None`.
         chunk_size (`int`, *optional*, defaults to `65536`): Corpus items scored at once. Beyond the corpus itself,
-            exact ranking holds one `num_queries x chunk_size` float32 score block and a boolean block of the same
-            shape: about `5 x num_queries x chunk_size` bytes (64 queries: 21 MB).
+            exact ranking holds one `num_queries x chunk_size` float32 score block, a boolean block of the same shape
+            and the matmul's working memory (about one more score block): about `9 x num_queries x chunk_size`
+            bytes, 36 MB for 64 queries (a bare chunked `queries @ chunk.T` peaks at about 12x).
         sampled_negatives (`int`, *optional*): If set, estimate each rank from this many negatives instead of
             scanning the whole corpus (see [`~grape_hf.negatives.SampledNegatives`]): deterministic per (targets,
             seed), so identical completions get identical rewards in any batch order.
@@ -213,7 +214,12 @@ class CLIPRankScorer:
 
     def _corpus_sum(self) -> torch.Tensor:
         if getattr(self, "_sum", None) is None:
-            self._sum = self.corpus_embeddings.sum(0, dtype=torch.float64)
+            # Chunked: summing in float64 at once would first copy the whole corpus to float64.
+            emb = self.corpus_embeddings
+            total = torch.zeros(emb.shape[1], dtype=torch.float64)
+            for start in range(0, len(emb), self.chunk_size):
+                total += emb[start : start + self.chunk_size].sum(0).double()
+            self._sum = total
         return self._sum
 
     # ------------------------------------------------------------------ corpus embedding and its cache
