@@ -115,6 +115,20 @@ def check_corpus_embeddings(embeddings: torch.Tensor, source: str) -> torch.Tens
     return embeddings
 
 
+def _count_per_row(beats: torch.Tensor) -> torch.Tensor:
+    """Number of True per row of a contiguous `(Q, C)` bool matrix.
+
+    Reducing bytes is slow in torch; reducing 8 bytes at a time as int64 words is ~10x faster. Sums of 64 words keep
+    each byte lane at most 64, so lanes never carry into each other (nor into the sign bit); the lane sums are then
+    added up as bytes.
+    """
+    rows, cols = beats.shape
+    if cols % 512:
+        return beats.view(torch.uint8).sum(1, dtype=torch.int32)
+    lanes = beats.view(torch.int64).view(rows, cols // 512, 64).sum(2)
+    return lanes.view(torch.uint8).view(rows, -1).sum(1, dtype=torch.int32)
+
+
 def degenerate_rows(q: torch.Tensor) -> torch.Tensor:
     """Queries whose embedding is NaN, infinite or (near) zero: they carry no direction to rank by."""
     return ~torch.isfinite(q).all(dim=1) | (torch.nan_to_num(q).norm(dim=1) < 1e-6)
@@ -313,8 +327,7 @@ class CLIPRankScorer:
             beats = beats_buf[: num_q * size].view(num_q, size)
             for w in range(width):
                 torch.gt(scores, threshold[:, w : w + 1], out=beats)
-                # Summing bytes into int32 is ~2x faster than summing bools into int64.
-                higher[:, w] += beats.view(torch.uint8).sum(1, dtype=torch.int32)
+                higher[:, w] += _count_per_row(beats)
             here = valid & (tid >= start) & (tid < stop)
             if bool(here.any()):
                 qi, wi = here.nonzero(as_tuple=True)

@@ -234,3 +234,18 @@ def test_sampled_ranks_estimate_the_exact_ranks(minilm):
     assert exact.median() > 10  # a spread of ranks, not all at the top
     spearman = torch.corrcoef(torch.stack([exact.argsort().argsort().float(), estimate.argsort().argsort().float()]))
     assert spearman[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("chunk_size", [512, 1024, 1500])
+def test_ranks_match_brute_force_on_word_counted_chunks(minilm, chunk_size):
+    """Chunks of a multiple of 512 items count beats 8 bytes at a time; others byte by byte."""
+    torch.manual_seed(7)
+    emb = torch.nn.functional.normalize(torch.randn(3000, 384), dim=-1)
+    q = torch.nn.functional.normalize(emb[:40] + 0.9 * torch.randn(40, 384) / 384**0.5 * 8, dim=-1)
+    q[0] = -emb[0]  # the target last: 2999 items beat it
+    targets = list(range(40))
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
+    scores = q @ emb.T
+    expected = 1 + (scores > scores[torch.arange(40), targets][:, None] + 1e-6).sum(1)
+    assert scorer.ranks(q, targets).tolist() == expected.tolist()
+    assert scorer.ranks(q[:1], [0]).item() == 3000
