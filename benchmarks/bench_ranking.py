@@ -95,6 +95,14 @@ def measure(n: int, args, retriever, generator) -> dict:
     row["bare_matmul_s"] = timed(lambda: bare_matmul(q, emb, scorer.chunk_size), args.repeats)
     row["rank_stats_s"] = timed(lambda: scorer.rank_stats(q, targets), args.repeats)
     row["ratio_to_bare"] = row["rank_stats_s"] / row["bare_matmul_s"]
+    # On a shared machine OpenMP threads wait on each other: each parallel op then costs a scheduler slice, which
+    # penalises rank_stats' extra passes more than one matmul. The same comparison on one thread:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    row["bare_matmul_1thread_s"] = timed(lambda: bare_matmul(q, emb, scorer.chunk_size), args.repeats)
+    row["rank_stats_1thread_s"] = timed(lambda: scorer.rank_stats(q, targets), args.repeats)
+    row["ratio_to_bare_1thread"] = row["rank_stats_1thread_s"] / row["bare_matmul_1thread_s"]
+    torch.set_num_threads(threads)
     row["search_top10_s"] = timed(lambda: scorer.search(q, k=10), args.repeats)
     if "st" not in args.skip:
         from sentence_transformers.util import semantic_search
