@@ -116,8 +116,8 @@ class CorpusCache:
         stored = {k: metadata.get(k) for k in identity}
         if stored != identity or tuple(embeddings.shape) != tuple(shape):
             warnings.warn(
-                f"The corpus cache {path} holds {tuple(embeddings.shape)} embeddings from {stored}, but {tuple(shape)} "
-                f"from {identity} are needed; re-embedding the corpus.",
+                f"The corpus cache {path} holds {tuple(embeddings.shape)} embeddings from {stored}, but "
+                f"{tuple(shape)} from {identity} are needed; re-embedding the corpus.",
                 stacklevel=4,
             )
             return None

@@ -36,7 +36,8 @@ class SampledNegatives:
     ```python
     >>> import torch
     >>> from grape_hf.negatives import SampledNegatives
-    >>> corpus = torch.nn.functional.normalize(torch.randn(1000, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> corpus = torch.nn.functional.normalize(torch.randn(1000, 16, generator=generator), dim=1)
     >>> sampler = SampledNegatives(corpus, num_negatives=100, seed=0)
     >>> ranks, *_ = sampler.estimate(corpus[[3, 7]], [[3], [3]])  # item 7 as a query for target 3
     >>> ranks.tolist()  # exact: [1, 617]

@@ -104,11 +104,12 @@ class GRAPERewardFunction:
 
     Every call logs the completions' `mean_rank`, `recall@1`, `recall@5`, `recall@10`, `mrr`,
     `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
-    monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded to NaN, infinity or zero) as
-    `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or degenerate one counting
-    as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average over the ranked ones. So the same keys are logged
-    on every call and, averaged over processes as TRL does, equal the single-process values. Inside `GRPOTrainer`
-    they go through TRL's `log_metric`; outside it they are kept in `last_metrics`. Rewards are never NaN.
+    monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded to NaN, infinity or
+    zero) as `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or degenerate one
+    counting as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average over the
+    ranked ones. So the same keys are logged on every call and, averaged over processes as TRL does, equal the
+    single-process values. Inside `GRPOTrainer` they go through TRL's `log_metric`; outside it they are kept in
+    `last_metrics`. Rewards are never NaN.
 
     The target column must hold one integer corpus id (or a list of them) per completion: a count that does not
     match the completions, a string id (`"12"`), a bool or a fractional float is refused, not guessed at.

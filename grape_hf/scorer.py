@@ -96,7 +96,8 @@ def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[l
         for i in ids:
             if not 0 <= i < corpus_size:
                 raise ValueError(
-                    f"target_id {i} is outside the corpus ({corpus_size} items); ids are 0-based positions in the corpus."
+                    f"target_id {i} is outside the corpus ({corpus_size} items); ids are 0-based positions in the "
+                    "corpus."
                 )
         out.append(ids)
     return out
