@@ -67,7 +67,8 @@ class CorpusIndex:
         approximate: str = "hnsw",
         nprobe: int = 32,
         hnsw_m: int = 32,
-        ef_search: int = 128,
+        ef_construction: int = 200,
+        ef_search: int = 256,
         seed: int = 0,
     ) -> CorpusIndex:
         """Index unit-norm `(N, D)` embeddings: flat below `flat_limit` items (kind `"auto"`), else `approximate`
@@ -86,8 +87,9 @@ class CorpusIndex:
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
-            info = {"hnsw_m": hnsw_m, "ef_search": ef_search}
+            info = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
         else:
             nlist = max(1, min(n // 39, int(4 * math.sqrt(n))))  # FAISS wants >= 39 training points per list
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
