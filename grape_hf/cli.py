@@ -4,6 +4,46 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
+
+
+def _rewriter_entries(entries: list[str] | None) -> dict[str, str]:
+    """`--rewriter` values as name -> path, refusing a name given twice (the second used to replace the first)."""
+    named: dict[str, str] = {}
+    for entry in entries or ["none"]:
+        name, _, path = entry.rpartition("=")
+        name = name or ("original query" if path == "none" else path)
+        if name in named:
+            raise ValueError(
+                f"--rewriter name {name!r} is given twice ({named[name]!r} and {path!r}); name them apart with "
+                f"NAME=PATH, e.g. --rewriter first={named[name]} --rewriter second={path}."
+            )
+        named[name] = path
+    return named
+
+
+def _check_writable_dir(flag: str, folder: str | Path) -> None:
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {str(folder)!r} is a file, not a folder; give a folder to write into.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {str(folder)!r} is not writable ({err}); give a writable folder.") from err
+
+
+def _check_evaluate(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the (long) embedding and rewriting, so no result is lost to it."""
+    from .cache import check_cache_dir
+    from .models import cache_home
+
+    _rewriter_entries(args.rewriter)
+    if args.output_dir:
+        _check_writable_dir("--output_dir", args.output_dir)
+    check_cache_dir(args.cache_dir or cache_home() / "corpus_embeddings")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -18,11 +58,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
     data = load_grape_dataset(args.dataset, split=args.split, max_queries=args.max_samples, seed=args.seed, **extra)
     retriever = load_retriever(args.retriever)
-    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=cache_home() / "corpus_embeddings")
+    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
     rewriters = {}
-    for entry in args.rewriter or ["none"]:
-        name, _, path = entry.rpartition("=")
-        name = name or ("original query" if path == "none" else path)
+    for name, path in _rewriter_entries(args.rewriter).items():
         if path == "none":
             rewriters[name] = None
             continue
@@ -45,6 +83,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output_dir:
         paths = save_results(results, args.output_dir, name=args.name, title=title, rewrites=rewrites)
         print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _check_index_build(args: argparse.Namespace) -> None:
+    from .cache import check_cache_dir
+    from .index import _faiss
+
+    _check_writable_dir("--output_dir", args.output_dir)
+    if args.cache_dir:
+        check_cache_dir(args.cache_dir)
+    try:
+        _faiss()
+    except ImportError as err:
+        raise ValueError(str(err)) from err
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from .data import is_multi30k_dir, load_grape_dataset
+    from .index import CorpusIndex
+    from .models import cache_home
+    from .retrievers import load_retriever
+    from .scorer import CLIPRankScorer
+
+    extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
+    data = load_grape_dataset(args.dataset, split=args.split, **extra)
+    retriever = load_retriever(args.retriever)
+    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
+    index = CorpusIndex.build(
+        scorer.corpus_embeddings,
+        scorer.identity,
+        kind=args.kind,
+        flat_limit=args.flat_limit,
+        approximate=args.approximate,
+    )
+    # Recall@10 of the index against exact search, on the split's own queries.
+    queries = scorer.embed_queries(list(data.queries["query"])[: args.recall_queries])
+    _, exact_ids = scorer.search(queries, k=10)
+    index.info["recall@10_vs_exact"] = index.recall_at_k(queries, exact_ids, k=10)
+    index.info["recall_queries"] = len(queries)
+    index.save(args.output_dir)
+    print(
+        f"{index.kind} index of {len(index)} items ({args.retriever}) written to {args.output_dir}; "
+        f"recall@10 against exact search on {len(queries)} queries: {index.info['recall@10_vs_exact']:.4f}"
+    )
     return 0
 
 
@@ -79,7 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output_dir", default=None, help="Write <name>.md, .json and .png here.")
     ev.add_argument("--name", default="evaluation")
-    ev.set_defaults(func=_evaluate)
+    ev.add_argument("--cache_dir", default=None, help="Corpus embedding cache (default: grape_hf's cache folder).")
+    ev.set_defaults(func=_evaluate, check=_check_evaluate)
+
+    index = sub.add_parser("index", help="FAISS indexes for serving large corpora.")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser(
+        "build", help="Embed a corpus and write its FAISS index with the retriever's identity."
+    )
+    build.add_argument("--dataset", required=True, help="Multi30k folder, local dataset folder or Hub dataset id.")
+    build.add_argument("--split", default="validation", help="The split whose corpus is indexed.")
+    build.add_argument("--retriever", default="sentence-transformers:all-MiniLM-L6-v2")
+    build.add_argument("--output_dir", required=True, help="Folder for index.faiss, index.safetensors, index.json.")
+    build.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    build.add_argument("--flat_limit", type=int, default=100_000, help="auto: exact (flat) up to this many items.")
+    build.add_argument("--approximate", default="hnsw", choices=["hnsw", "ivf"], help="auto: the kind above it.")
+    build.add_argument("--recall_queries", type=int, default=1000, help="Queries used to measure recall@10.")
+    build.add_argument("--max_images", type=int, default=None, help="Multi30k: images kept (the corpus shrinks).")
+    build.add_argument("--multi30k_task", default="task2")
+    build.add_argument("--cache_dir", default=None)
+    build.set_defaults(func=_index_build, check=_check_index_build)
 
     push = sub.add_parser("push", help="Upload a trained rewriter folder with its GRAPE model card.")
     push.add_argument("folder")
@@ -91,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        try:
+            check(args)
+        except ValueError as err:
+            parser.error(f"{args.command}: {err}")
     return args.func(args)
 
 

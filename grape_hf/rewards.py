@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -108,14 +109,22 @@ class GRAPERewardFunction:
             shares the original and the group mean is subtracted; with `scale_rewards="batch"` or `"none"` it
             removes the per-query difficulty from the advantages.
         query_column (`str`, *optional*, defaults to `"query"`): Column with the original query (for `relative`).
-        lowest_reward (`float`, *optional*): Reward of an empty completion; defaults to the variant's lowest value
-            (0 for rank, -1 for similarity, -2 for margin, else -1).
+        lowest_reward (`float`, *optional*): Reward of an empty completion (only whitespace or zero-width
+            characters) and of one the retriever embeds to NaN, infinity or zero; defaults to the variant's lowest
+            value (0 for rank, -1 for similarity, -2 for margin, else -1).
         metric_prefix (`str`, *optional*, defaults to `"grape"`): Prefix of the logged metrics.
 
-    Every call logs the completions' `mean_rank`, `R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` (the names of [`~grape_hf.metrics`]),
-    `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
-    monitor) as `<metric_prefix>/<name>`. Inside `GRPOTrainer` they go through TRL's `log_metric`; outside it
-    they are kept in `last_metrics`. Rewards are never NaN.
+    Every call logs the completions' `mean_rank`, `R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` (the names of
+    [`~grape_hf.metrics`]),    `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
+    monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded to NaN, infinity or
+    zero) as `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or degenerate one
+    counting as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average over the
+    ranked ones. So the same keys are logged on every call and, averaged over processes as TRL does, equal the
+    single-process values. Inside `GRPOTrainer` they go through TRL's `log_metric`; outside it they are kept in
+    `last_metrics`. Rewards are never NaN.
+
+    The target column must hold one integer corpus id (or a list of them) per completion: a count that does not
+    match the completions, a string id (`"12"`), a bool or a fractional float is refused, not guessed at.
 
     Example:
     ```python
@@ -155,33 +164,61 @@ class GRAPERewardFunction:
     def __call__(self, prompts=None, completions=None, log_metric=None, **kwargs) -> list[float]:
         if completions is None:
             raise ValueError("GRAPERewardFunction needs `completions` (TRL passes them).")
-        if self.target_column not in kwargs:
-            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "completion_ids"))
-            raise ValueError(
-                f"The dataset has no target column {self.target_column!r} (columns passed: {columns}); set "
-                "`target_column` to the column holding each query's corpus id."
-            )
-        texts = [completion_text(c).strip() for c in completions]
-        targets = list(kwargs[self.target_column])
+        texts = [completion_text(c) for c in completions]
+        targets = self._column(kwargs, self.target_column, len(texts))
+        n = len(self.scorer)
         rewards = torch.full((len(texts),), self.lowest_reward)
-        keep = [i for i, t in enumerate(texts) if t]
+        # Per completion, for the metrics: an empty completion retrieves nothing (worst rank, no similarity).
+        ranks = torch.full((len(texts),), n, dtype=torch.long)
+        target_sim = torch.full((len(texts),), torch.nan)
+        nontarget_sim = torch.full((len(texts),), torch.nan)
+        degenerate = torch.zeros(len(texts), dtype=torch.bool)
+        keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
-            stats = self.scorer.rank_stats([texts[i] for i in keep], [targets[i] for i in keep])
+            stats = self.scorer.rank_stats([texts[i].strip() for i in keep], [targets[i] for i in keep])
             values = torch.as_tensor(self.variant(stats), dtype=torch.float32)
-            rewards[keep] = torch.nan_to_num(
+            values = torch.nan_to_num(
                 values, nan=self.lowest_reward, posinf=self.lowest_reward, neginf=self.lowest_reward
             )
-            self._log(stats, len(texts), log_metric)
+            bad = stats.degenerate if stats.degenerate is not None else torch.zeros(len(keep), dtype=torch.bool)
+            rewards[keep] = torch.where(bad, self.lowest_reward, values)
+            ranks[keep] = stats.ranks
+            target_sim[keep] = torch.where(bad, torch.nan, stats.target_similarity.float())
+            nontarget_sim[keep] = torch.where(bad, torch.nan, stats.nontarget_similarity.float())
+            degenerate[keep] = bad
+        per_completion = RankStats(ranks, target_sim, nontarget_sim, nontarget_sim, n, degenerate)
+        empty = torch.ones(len(texts), dtype=torch.bool)
+        empty[keep] = False
+        self._log(per_completion, empty, log_metric)
         if self.relative:
             rewards -= self._original_rewards(kwargs, targets)
         return [float(r) if math.isfinite(float(r)) else self.lowest_reward for r in rewards]
+
+    def _column(self, kwargs: dict, column: str, expected: int, role: str = "target") -> list:
+        """A dataset column TRL passed, checked to hold one value per completion."""
+        if column not in kwargs:
+            columns = sorted(
+                k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric", "completion_ids")
+            )
+            raise ValueError(
+                f"The dataset has no {role} column {column!r} (columns passed: {columns}); set `{role}_column` to "
+                "the column holding it."
+            )
+        values = kwargs[column]
+        values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+        if len(values) != expected:
+            raise ValueError(
+                f"Got {len(values)} values in column {column!r} for {expected} completions; TRL passes one per "
+                "completion (each prompt's row repeated num_generations times)."
+            )
+        return values
 
     def _original_rewards(self, kwargs, targets) -> torch.Tensor:
         if self.query_column not in kwargs:
             raise ValueError(
                 f"relative=True needs the original query in column {self.query_column!r}, which the dataset lacks."
             )
-        originals = [str(q) for q in kwargs[self.query_column]]
+        originals = [str(q) for q in self._column(kwargs, self.query_column, len(targets), "query")]
         # Completions of one prompt share the original: score each distinct (query, target) once.
         unique = {}
         for q, t in zip(originals, targets):
@@ -189,17 +226,25 @@ class GRAPERewardFunction:
         keys = list(unique)
         stats = self.scorer.rank_stats([unique[k][0] for k in keys], [unique[k][1] for k in keys])
         values = torch.nan_to_num(torch.as_tensor(self.variant(stats), dtype=torch.float32), nan=self.lowest_reward)
+        if stats.degenerate is not None:
+            values = torch.where(stats.degenerate, self.lowest_reward, values)
         lookup = dict(zip(keys, values.tolist()))
         return torch.tensor([lookup[(q, str(t))] for q, t in zip(originals, targets)])
 
-    def _log(self, stats: RankStats, num_completions: int, log_metric) -> None:
+    def _log(self, stats: RankStats, empty: torch.Tensor, log_metric) -> None:
+        # One value per completion, so the same keys are logged on every call and the mean over processes that TRL
+        # takes equals the single-process value. Empty and degenerate completions retrieve nothing: a miss, counted
+        # at the worst rank in mean_rank.
         ranks = stats.ranks.float()
+        found = ~(empty | stats.degenerate)
         metrics = {
             MEAN_RANK: ranks.mean().item(),
-            **retrieval_metrics(ranks, digits=None),
-            "target_similarity": stats.target_similarity.mean().item(),
-            "nontarget_similarity": stats.nontarget_similarity.mean().item(),
-            "empty_fraction": 1.0 - len(ranks) / num_completions,
+            # A miss at every cut-off: an infinite rank scores 0 in each retrieval metric.
+            **retrieval_metrics(torch.where(found, ranks, math.inf), digits=None),
+            "target_similarity": _nanmean(stats.target_similarity),
+            "nontarget_similarity": _nanmean(stats.nontarget_similarity),
+            "empty_fraction": empty.float().mean().item(),
+            "degenerate_fraction": stats.degenerate.float().mean().item(),
         }
         self.last_metrics = prefix_metrics(self.metric_prefix, metrics)
         if log_metric is not None:
@@ -208,6 +253,25 @@ class GRAPERewardFunction:
 
     def __repr__(self) -> str:
         return f"GRAPERewardFunction(reward={self.reward_name!r}, relative={self.relative}, corpus={len(self.scorer)})"
+
+
+def is_blank(text: str) -> bool:
+    """True for a completion with nothing to search by: only whitespace, control or format characters (zero-width
+    spaces and joiners, the BOM, bidi marks).
+
+    Example:
+    ```python
+    >>> from grape_hf.rewards import is_blank
+    >>> is_blank(" \u200b\u200d\ufeff "), is_blank("a\u200b")
+    (True, False)
+    ```
+    """
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return finite.mean().item() if len(finite) else 0.0
 
 
 def get_reward_funcs(

@@ -1,25 +1,30 @@
 """`CLIPRankScorer`: the rank of the right item among a whole corpus, for a frozen retriever.
 
-The corpus is embedded once (cached on disk) and every query is scored against all of it in chunks, so memory
-stays bounded for corpora of millions of items. The rank is exact:
+The corpus is embedded once (cached on disk, see [`~grape_hf.cache.CorpusCache`]) and every query is scored against
+all of it in chunks, so memory stays bounded for corpora of millions of items. The rank is exact:
 
     rank(q, t) = 1 + |{ j != t : s(q, j) > s(q, t) }|
 
 with cosine similarity `s`. Scores within `tie_tolerance` (default 1e-6) of the target's count as ties, so
 duplicate corpus items never push each other down. With several relevant ids per query the best rank counts.
+
+A query whose embedding is NaN, infinite or zero ("degenerate") cannot be ranked: it gets the worst rank (the corpus
+size), target similarity -1 and top-k non-target similarity +1, so every reward variant gives it its lowest value,
+and `RankStats.degenerate` flags it. Corpus rows like that are refused when the corpus is embedded or loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .cache import CorpusCache, check_cache_dir, content_hash
 from .retrievers import Retriever
 
 logger = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ class RankStats:
         nontarget_similarity (`FloatTensor`): mean similarity to every non-target item (score-inflation monitor).
         topk_nontarget_similarity (`FloatTensor`): mean similarity to the `top_k` highest-scoring non-targets.
         corpus_size (`int`): number of items ranked against.
+        degenerate (`BoolTensor`, *optional*): queries whose embedding was NaN, infinite or zero (worst rank).
     """
 
     ranks: torch.Tensor
@@ -42,27 +48,37 @@ class RankStats:
     nontarget_similarity: torch.Tensor
     topk_nontarget_similarity: torch.Tensor
     corpus_size: int
+    degenerate: torch.Tensor | None = None
 
 
-def _content_hash(corpus: Sequence) -> str:
-    digest = hashlib.sha256()
-    for item in corpus:
-        if isinstance(item, str):
-            digest.update(b"t")
-            digest.update(item.encode("utf-8"))
-        elif hasattr(item, "tobytes") and hasattr(item, "size"):  # PIL image
-            digest.update(f"i{item.mode}{item.size}".encode())
-            digest.update(item.tobytes())
-        else:
-            raise ValueError(f"Corpus items must be strings or PIL images, got {type(item).__name__}.")
-        digest.update(b"\0")
-    return digest.hexdigest()
+def _as_target_id(value, query_index: int) -> int:
+    """One corpus id, strictly: ints (Python, NumPy or 0-d tensors) and whole floats; never strings or bools."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or (hasattr(value, "dtype") and str(getattr(value, "dtype", "")) == "bool"):
+        raise ValueError(
+            f"Query {query_index}'s target_id is the bool {value!r}; give the integer position of its corpus item."
+        )
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str | bytes):
+        raise ValueError(
+            f"Query {query_index}'s target_id is the string {value!r}; target ids must be integers (a string is "
+            "never split into digits). Cast the column first, e.g. `dataset.cast_column('target_id', "
+            "Value('int64'))`."
+        )
+    raise ValueError(
+        f"Query {query_index}'s target_id {value!r} ({type(value).__name__}) is not a whole number; give the integer "
+        "position of its corpus item (or a list of them)."
+    )
 
 
 def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[list[int]]:
     if isinstance(target_ids, torch.Tensor):
         target_ids = target_ids.tolist()
-    if isinstance(target_ids, int):
+    if isinstance(target_ids, str | bytes) or not isinstance(target_ids, Sequence | Iterable):
         target_ids = [target_ids]
     target_ids = list(target_ids)
     if len(target_ids) != num_queries:
@@ -70,18 +86,53 @@ def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[l
             f"Got {len(target_ids)} target ids for {num_queries} queries; pass one (or a list) per query."
         )
     out = []
-    for t in target_ids:
-        ids = [t] if isinstance(t, int | float) or (hasattr(t, "__int__") and not isinstance(t, list | tuple)) else t
-        ids = [int(i) for i in ids]
+    for qi, t in enumerate(target_ids):
+        if isinstance(t, torch.Tensor):
+            t = t.tolist()
+        many = isinstance(t, Sequence | Iterable) and not isinstance(t, str | bytes)
+        ids = [_as_target_id(i, qi) for i in t] if many else [_as_target_id(t, qi)]
         if not ids:
-            raise ValueError("A query has an empty list of target ids; give at least one relevant corpus id.")
+            raise ValueError(f"Query {qi} has an empty list of target ids; give at least one relevant corpus id.")
         for i in ids:
             if not 0 <= i < corpus_size:
                 raise ValueError(
-                    f"target_id {i} is outside the corpus ({corpus_size} items); ids are 0-based positions in the corpus."
+                    f"target_id {i} is outside the corpus ({corpus_size} items); ids are 0-based positions in the "
+                    "corpus."
                 )
         out.append(ids)
     return out
+
+
+def check_corpus_embeddings(embeddings: torch.Tensor, source: str) -> torch.Tensor:
+    """Refuse corpus rows that are NaN, infinite or all zero: such a row would rank first for every query."""
+    bad = ~torch.isfinite(embeddings).all(dim=1) | (embeddings.abs().sum(dim=1) == 0)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1).tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"{len(rows)} corpus embedding row(s) from {source} are NaN, infinite or all zero (rows {shown}); the "
+            "retriever failed on those items. Remove or fix them (e.g. empty or corrupt items) and embed again."
+        )
+    return embeddings
+
+
+def _count_per_row(beats: torch.Tensor) -> torch.Tensor:
+    """Number of True per row of a contiguous `(Q, C)` bool matrix.
+
+    Reducing bytes is slow in torch; reducing 8 bytes at a time as int64 words is ~10x faster. Sums of 64 words keep
+    each byte lane at most 64, so lanes never carry into each other (nor into the sign bit); the lane sums are then
+    added up as bytes.
+    """
+    rows, cols = beats.shape
+    if cols % 512:
+        return beats.view(torch.uint8).sum(1, dtype=torch.int32)
+    lanes = beats.view(torch.int64).view(rows, cols // 512, 64).sum(2)
+    return lanes.view(torch.uint8).view(rows, -1).sum(1, dtype=torch.int32)
+
+
+def degenerate_rows(q: torch.Tensor) -> torch.Tensor:
+    """Queries whose embedding is NaN, infinite or (near) zero: they carry no direction to rank by."""
+    return ~torch.isfinite(q).all(dim=1) | (torch.nan_to_num(q).norm(dim=1) < 1e-6)
 
 
 class CLIPRankScorer:
@@ -91,12 +142,15 @@ class CLIPRankScorer:
         retriever ([`~grape_hf.retrievers.Retriever`]): Encodes queries (and the corpus).
         corpus (`list[str]` or `list[PIL.Image.Image]`): The items to retrieve from; a `datasets` column works too.
         cache_dir (`str` or `Path`, *optional*): Where to cache the corpus embeddings (safetensors, keyed by the
-            retriever spec and a hash of the corpus content). No caching if `None`.
-        chunk_size (`int`, *optional*, defaults to `65536`): Corpus items scored at once; bounds memory at
-            `num_queries x chunk_size` floats.
-        sampled_negatives (`int`, *optional*): If set, rank each target among itself and this many sampled
-            negatives instead of the whole corpus (approximate; for corpora too large to scan each step). Half are
-            hard negatives (the target's nearest corpus neighbours), half random.
+            retriever spec, a fingerprint of its weights and a hash of the corpus; see [`~grape_hf.cache`]). Checked
+            to be a writable folder before anything is embedded. No caching if `None`.
+        chunk_size (`int`, *optional*, defaults to `65536`): Corpus items scored at once. Beyond the corpus itself,
+            exact ranking holds one `num_queries x chunk_size` float32 score block, a boolean block of the same shape
+            and the matmul's working memory (about one more score block): about `9 x num_queries x chunk_size`
+            bytes, 36 MB for 64 queries (a bare chunked `queries @ chunk.T` peaks at about 12x).
+        sampled_negatives (`int`, *optional*): If set, estimate each rank from this many negatives instead of
+            scanning the whole corpus (see [`~grape_hf.negatives.SampledNegatives`]): deterministic per (targets,
+            seed), so identical completions get identical rewards in any batch order.
         top_k (`int`, *optional*, defaults to `10`): How many top non-targets the margin statistic averages.
         tie_tolerance (`float`, *optional*, defaults to `1e-6`): Scores this close to the target's count as ties.
         show_progress_bar (`bool`, *optional*, defaults to `True`): Show a bar while embedding the corpus.
@@ -135,16 +189,22 @@ class CLIPRankScorer:
         self.seed = seed
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of corpus items, got {chunk_size}.")
+        if sampled_negatives is not None and (isinstance(sampled_negatives, bool) or sampled_negatives < 1):
+            raise ValueError(f"sampled_negatives must be a positive count or None, got {sampled_negatives}.")
         if _embeddings is not None:
-            self.corpus_embeddings = _embeddings
+            self.corpus_embeddings = check_corpus_embeddings(_embeddings, "the given embeddings")
+            digest = hashlib.sha256(memoryview(_embeddings.float().contiguous().numpy())).hexdigest()
+            self.corpus_hash = f"embeddings:{digest}"
         else:
             corpus = list(corpus)
             if not corpus:
                 raise ValueError("The corpus is empty; give at least one text or image to retrieve from.")
             self.corpus_embeddings = self._embed_corpus(corpus, cache_dir, show_progress_bar)
-        if sampled_negatives is not None and sampled_negatives < 1:
-            raise ValueError(f"sampled_negatives must be a positive count or None, got {sampled_negatives}.")
-        self._hard_negatives: dict[int, torch.Tensor] = {}
+        self._sampler = None
+
+    #: Whether the corpus embeddings came from the cache (None without a cache), and the cache file.
+    cache_hit: bool | None = None
+    cache_file: Path | None = None
 
     @classmethod
     def from_embeddings(cls, retriever: Retriever, embeddings: torch.Tensor, **kwargs) -> CLIPRankScorer:
@@ -160,54 +220,49 @@ class CLIPRankScorer:
                 f"The corpus embeddings have size {embeddings.shape[1]} but retriever {retriever.spec!r} embeds to "
                 f"{dim}; embed the corpus with the same retriever."
             )
+        check_corpus_embeddings(embeddings, "the given embeddings")
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
         return cls(retriever, (), _embeddings=embeddings, **kwargs)
 
     def __len__(self) -> int:
         return self.corpus_embeddings.shape[0]
 
+    def _corpus_sum(self) -> torch.Tensor:
+        if getattr(self, "_sum", None) is None:
+            # Chunked: summing in float64 at once would first copy the whole corpus to float64.
+            emb = self.corpus_embeddings
+            total = torch.zeros(emb.shape[1], dtype=torch.float64)
+            for start in range(0, len(emb), self.chunk_size):
+                total += emb[start : start + self.chunk_size].sum(0).double()
+            self._sum = total
+        return self._sum
+
     # ------------------------------------------------------------------ corpus embedding and its cache
+    @property
+    def identity(self) -> dict[str, str]:
+        """What produced the corpus embeddings: the retriever spec, its weight fingerprint and the corpus hash (an
+        index built for another identity is refused, see [`~grape_hf.index.CorpusIndex`])."""
+        return {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint(), "corpus": self.corpus_hash}
+
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
         is_text = isinstance(corpus[0], str)
-        cache_file = None
-        if cache_dir is not None:
-            key = hashlib.sha256(f"{self.retriever.spec}\n{_content_hash(corpus)}".encode()).hexdigest()[:32]
-            cache_file = Path(cache_dir).expanduser() / f"corpus-{key}.safetensors"
-            cached = self._load_cache(cache_file, len(corpus))
-            if cached is not None:
-                return cached
         encode = self.retriever.encode_text if is_text else self.retriever.encode_image
-        embeddings = encode(corpus, show_progress_bar=show_progress_bar)
-        if cache_file is not None:
-            from safetensors.torch import save_file
-
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata={"spec": self.retriever.spec})
-            tmp.replace(cache_file)
-        return embeddings
-
-    def _load_cache(self, path: Path, expected_rows: int) -> torch.Tensor | None:
-        if not path.is_file():
-            return None
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                spec = (f.metadata() or {}).get("spec")
-                embeddings = f.get_tensor("embeddings")
-        except Exception as err:  # noqa: BLE001 - any unreadable file is rebuilt
-            warnings.warn(f"The corpus cache {path} is unreadable ({err}); re-embedding the corpus.", stacklevel=3)
-            return None
-        dim = self.retriever.embedding_dim
-        if spec != self.retriever.spec or embeddings.shape != (expected_rows, dim):
-            warnings.warn(
-                f"The corpus cache {path} holds {tuple(embeddings.shape)} embeddings from {spec!r}, but "
-                f"{(expected_rows, dim)} from {self.retriever.spec!r} are needed; re-embedding the corpus.",
-                stacklevel=3,
-            )
-            return None
-        return embeddings.float()
+        self.corpus_hash = content_hash(corpus)  # also checks the item types, with or without a cache
+        if cache_dir is None:
+            return check_corpus_embeddings(encode(corpus, show_progress_bar=show_progress_bar), self.retriever.spec)
+        cache = CorpusCache(check_cache_dir(cache_dir))
+        identity = {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint()}
+        key = cache.key(identity["spec"], identity["fingerprint"], self.corpus_hash)
+        shape = (len(corpus), self.retriever.embedding_dim)
+        self.cache_file = cache.path(key)
+        with cache.lock(key):  # under several processes, one embeds and writes; the others wait and load
+            embeddings = cache.load(key, shape, identity)
+            self.cache_hit = embeddings is not None
+            if embeddings is None:
+                embeddings = encode(corpus, show_progress_bar=show_progress_bar)
+                check_corpus_embeddings(embeddings, self.retriever.spec)
+                cache.save(key, embeddings, identity)
+        return check_corpus_embeddings(embeddings, str(cache.path(key)))
 
     # ------------------------------------------------------------------ scoring
     def embed_queries(self, queries) -> torch.Tensor:
@@ -223,93 +278,80 @@ class CLIPRankScorer:
         q = self.embed_queries(queries)
         n = len(self)
         targets = _normalize_targets(target_ids, q.shape[0], n)
+        degenerate = degenerate_rows(q)
+        if bool(degenerate.any()):
+            q = q.clone()
+            q[degenerate] = 0.0  # scored harmlessly, then overwritten below
         if self.sampled_negatives is not None and self.sampled_negatives < n - 1:
-            return self._sampled_stats(q, targets)
-        return self._exact_stats(q, targets)
+            if self._sampler is None:
+                from .negatives import SampledNegatives
+
+                self._sampler = SampledNegatives(
+                    self.corpus_embeddings, self.sampled_negatives, seed=self.seed, chunk_size=self.chunk_size
+                )
+            estimate = self._sampler.estimate(q, targets, top_k=self.top_k, tie_tolerance=self.tie_tolerance)
+            stats = RankStats(*estimate, corpus_size=n)
+        else:
+            stats = self._exact_stats(q, targets)
+        stats.degenerate = degenerate
+        if bool(degenerate.any()):
+            stats.ranks[degenerate] = n
+            stats.target_similarity[degenerate] = -1.0
+            stats.nontarget_similarity[degenerate] = 0.0
+            stats.topk_nontarget_similarity[degenerate] = 1.0
+        return stats
 
     def _exact_stats(self, q: torch.Tensor, targets: list[list[int]]) -> RankStats:
         num_q, n = q.shape[0], len(self)
         emb = self.corpus_embeddings
-        # Flatten (query, target) pairs so that multi-target queries need no padding.
-        pair_query = torch.tensor([i for i, ts in enumerate(targets) for _ in ts], dtype=torch.long)
-        pair_target = torch.tensor([t for ts in targets for t in ts], dtype=torch.long)
-        pair_score = (q[pair_query] * emb[pair_target]).sum(-1)
-        higher = torch.zeros(len(pair_target), dtype=torch.long)
-        sum_all = torch.zeros(num_q)
-        k = min(self.top_k, max(n - 1, 1))
-        top = torch.full((num_q, k), -float("inf"))
-        for start in range(0, n, self.chunk_size):
-            stop = min(start + self.chunk_size, n)
-            scores = q @ emb[start:stop].T  # (Q, C)
-            sum_all += scores.sum(1)
-            beats = scores[pair_query] > (pair_score[:, None] + self.tie_tolerance)
-            rows = ((pair_target >= start) & (pair_target < stop)).nonzero().squeeze(1)
-            beats[rows, pair_target[rows] - start] = False  # an item never counts against itself
-            higher += beats.sum(1)
-            masked = scores.clone()
-            masked[pair_query[rows], pair_target[rows] - start] = -float("inf")
-            chunk_k = min(k, stop - start)
-            top = torch.cat([top, masked.topk(chunk_k, dim=1).values], dim=1).topk(k, dim=1).values
-        pair_rank = higher + 1
-        ranks = torch.empty(num_q, dtype=torch.long)
-        target_sim = torch.empty(num_q)
-        sum_targets = torch.zeros(num_q)
-        n_targets = torch.zeros(num_q)
-        offset = 0
+        # Targets as a (Q, W) slot matrix (W = most targets of any query), padded with -1.
+        width = max(len(ts) for ts in targets)
+        tid = torch.full((num_q, width), -1, dtype=torch.long)
         for qi, ts in enumerate(targets):
-            r = pair_rank[offset : offset + len(ts)]
-            s = pair_score[offset : offset + len(ts)]
-            best = int(torch.argmin(r))
-            ranks[qi] = r[best]
-            target_sim[qi] = s[best]
-            sum_targets[qi] = s.sum()
-            n_targets[qi] = len(ts)
-            offset += len(ts)
-        n_other = (n - n_targets).clamp(min=1)
-        nontarget = torch.where(n - n_targets > 0, (sum_all - sum_targets) / n_other, torch.zeros(num_q))
+            tid[qi, : len(ts)] = torch.tensor(ts)
+        valid = tid >= 0
+        target_score = (q[:, None, :] * emb[tid.clamp(min=0)]).sum(-1)  # (Q, W)
+        threshold = torch.where(valid, target_score + self.tie_tolerance, torch.inf)
+        higher = torch.zeros(num_q, width, dtype=torch.long)
+        k = min(self.top_k, max(n - 1, 1))
+        top = torch.full((num_q, k), -torch.inf)
+        chunk = min(self.chunk_size, n)
+        # One score block and one boolean block, reused for every chunk: the documented memory bound. Each chunk
+        # costs the matmul plus three passes over its scores (compare, count, top-k); the mean non-target
+        # similarity needs none, since sum_j s(q, j) = q . sum_j e_j.
+        score_buf = torch.empty(num_q * chunk)
+        beats_buf = torch.empty(num_q * chunk, dtype=torch.bool)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            size = stop - start
+            scores = torch.matmul(q, emb[start:stop].T, out=score_buf[: num_q * size].view(num_q, size))
+            beats = beats_buf[: num_q * size].view(num_q, size)
+            for w in range(width):
+                torch.gt(scores, threshold[:, w : w + 1], out=beats)
+                higher[:, w] += _count_per_row(beats)
+            here = valid & (tid >= start) & (tid < stop)
+            if bool(here.any()):
+                qi, wi = here.nonzero(as_tuple=True)
+                cols = tid[qi, wi] - start
+                # An item never counts against itself; then targets leave the top-k of non-targets.
+                higher[qi, wi] -= (scores[qi, cols] > threshold[qi, wi]).long()
+                scores[qi, cols] = -torch.inf
+            top = torch.cat([top, scores.topk(min(k, size), dim=1).values], dim=1).topk(k, dim=1).values
+        sum_all = q.double() @ self._corpus_sum()
+        pair_rank = torch.where(valid, higher + 1, n + 1)
+        ranks, best = pair_rank.min(dim=1)
+        target_sim = target_score.gather(1, best[:, None]).squeeze(1)
+        n_targets = valid.sum(1)
+        sum_targets = torch.where(valid, target_score, 0.0).sum(1)
+        n_other = n - n_targets
+        nontarget = torch.where(
+            n_other > 0,
+            (sum_all - sum_targets.double()) / n_other.clamp(min=1),
+            torch.zeros(num_q, dtype=torch.float64),
+        ).float()
         top = torch.where(torch.isfinite(top), top, torch.nan)
         topk_mean = torch.nan_to_num(top.nanmean(1), nan=0.0)
         return RankStats(ranks, target_sim, nontarget, topk_mean, n)
-
-    def _hard_negatives_for(self, target: int, count: int) -> torch.Tensor:
-        cached = self._hard_negatives.get(target)
-        if cached is None or len(cached) < count:
-            sims = self.corpus_embeddings @ self.corpus_embeddings[target]
-            sims[target] = -float("inf")
-            cached = sims.topk(min(count, len(self) - 1)).indices
-            self._hard_negatives[target] = cached
-        return cached[:count]
-
-    def _sampled_stats(self, q: torch.Tensor, targets: list[list[int]]) -> RankStats:
-        generator = torch.Generator().manual_seed(self.seed)
-        n = len(self)
-        num_hard = self.sampled_negatives // 2
-        num_random = self.sampled_negatives - num_hard
-        ranks, tsim, nsim, ksim = [], [], [], []
-        for qi, ts in enumerate(targets):
-            exclude = set(ts)
-            hard = [int(i) for i in self._hard_negatives_for(ts[0], num_hard + len(ts)) if int(i) not in exclude]
-            hard = hard[:num_hard]
-            pool = set(hard) | exclude
-            randoms: list[int] = []
-            while len(randoms) < num_random and len(pool) < n:
-                for i in torch.randint(0, n, (num_random * 2,), generator=generator).tolist():
-                    if i not in pool:
-                        pool.add(i)
-                        randoms.append(i)
-                        if len(randoms) == num_random:
-                            break
-            negatives = torch.tensor(hard + randoms, dtype=torch.long)
-            neg_scores = self.corpus_embeddings[negatives] @ q[qi]
-            target_scores = self.corpus_embeddings[torch.tensor(ts)] @ q[qi]
-            best = target_scores.max()
-            ranks.append(1 + int((neg_scores > best + self.tie_tolerance).sum()))
-            tsim.append(best)
-            nsim.append(neg_scores.mean())
-            ksim.append(neg_scores.topk(min(self.top_k, len(neg_scores))).values.mean())
-        return RankStats(
-            torch.tensor(ranks), torch.stack(tsim), torch.stack(nsim), torch.stack(ksim), self.sampled_negatives + 1
-        )
 
     def ranks(self, queries, target_ids) -> torch.Tensor:
         """1-based rank of each query's target among the whole corpus (`LongTensor` of shape `(Q,)`).
@@ -317,7 +359,8 @@ class CLIPRankScorer:
         Args:
             queries (`list[str]` or `Tensor`): Text queries, or their `(Q, D)` embeddings.
             target_ids (`list[int]`, `list[list[int]]` or `Tensor`): The right corpus id per query, or a list of
-                relevant ids (the best rank counts).
+                relevant ids (the best rank counts). Ids must be integers: strings, bools and fractional floats are
+                refused rather than guessed at.
         """
         return self.rank_stats(queries, target_ids).ranks
 
@@ -326,8 +369,13 @@ class CLIPRankScorer:
         return self.rank_stats(queries, target_ids).target_similarity
 
     def search(self, queries, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-`k` corpus items per query: `(scores, ids)`, each `(Q, k)`, best first (chunked)."""
+        """Top-`k` corpus items per query: `(scores, ids)`, each `(Q, k)`, best first (chunked).
+
+        A degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf`.
+        """
         q = self.embed_queries(queries)
+        degenerate = degenerate_rows(q)
+        q = torch.where(degenerate[:, None], 0.0, q)
         k = min(k, len(self))
         best_scores = torch.full((q.shape[0], 0), -float("inf"))
         best_ids = torch.zeros((q.shape[0], 0), dtype=torch.long)
@@ -338,4 +386,5 @@ class CLIPRankScorer:
             best_ids = torch.cat([best_ids, i + start], dim=1)
             best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
             best_ids = best_ids.gather(1, order)
+        best_scores[degenerate] = -float("inf")
         return best_scores, best_ids

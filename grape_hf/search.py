@@ -19,6 +19,9 @@ class GRAPERetriever:
         scorer ([`~grape_hf.scorer.CLIPRankScorer`]): The frozen retriever and its embedded corpus.
         rrf_k (`int`, *optional*, defaults to `60`): The fusion constant; larger flattens the rank weights.
         depth (`int`, *optional*, defaults to `100`): How deep each ranking is read for fusion.
+        index ([`~grape_hf.index.CorpusIndex`], `str` or `Path`, *optional*): A FAISS index of the scorer's corpus
+            (or the folder `grape-hf index build` wrote) to search instead of the exact chunked scan. It must have
+            been built with the scorer's retriever and corpus; another one is refused, naming both.
 
     Example:
     ```python
@@ -33,7 +36,7 @@ class GRAPERetriever:
     ```
     """
 
-    def __init__(self, rewriter: Any, scorer: Any, rrf_k: int = 60, depth: int = 100):
+    def __init__(self, rewriter: Any, scorer: Any, rrf_k: int = 60, depth: int = 100, index: Any = None):
         if rrf_k < 0:
             raise ValueError(f"rrf_k must be >= 0, got {rrf_k}.")
         if depth < 1:
@@ -42,6 +45,13 @@ class GRAPERetriever:
         self.scorer = scorer
         self.rrf_k = rrf_k
         self.depth = depth
+        if index is not None and not hasattr(index, "search"):
+            from .index import CorpusIndex
+
+            index = CorpusIndex.load(index)
+        if index is not None:
+            index.check_matches(scorer.identity)
+        self.index = index
 
     def rewrite(
         self, queries: list[str], references: list[str] | None = None, num_rewrites: int = 1, **generate_kwargs
@@ -91,7 +101,10 @@ class GRAPERetriever:
 
         texts = queries + [r for per_query in rewrites for r in per_query]
         depth = min(len(self.scorer), max(k, self.depth if ensemble else k))
-        scores, ids = self.scorer.search(texts, k=depth)
+        if self.index is not None:
+            scores, ids = self.index.search(self.scorer.embed_queries(texts), k=depth)
+        else:
+            scores, ids = self.scorer.search(texts, k=depth)
         scores, ids = scores.tolist(), ids.tolist()
         results, row = [], len(queries)
         for i, q in enumerate(queries):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from grape_hf import CLIPRankScorer, GRAPERewardFunction, get_reward_funcs
+from grape_hf.retrievers import Retriever
 from grape_hf.rewards import LOWEST_REWARD, REWARD_VARIANTS, resolve_reward_variant
 
 CORPUS = [
@@ -82,10 +83,14 @@ def test_metrics_are_logged_through_log_metric(scorer):
             "target_similarity",
             "nontarget_similarity",
             "empty_fraction",
+            "degenerate_fraction",
         )
     }
     assert set(logged) == expected_keys
-    assert logged["grape/R@1"] == 0.5 and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
+    # The empty completion counts as a miss at the worst rank.
+    assert logged["grape/R@1"] == pytest.approx(1 / 3) and logged["grape/empty_fraction"] == pytest.approx(1 / 3)
+    assert logged["grape/mean_rank"] == pytest.approx((1 + scorer.ranks(["a dog"], [1]).item() + 4) / 3)
+    assert logged["grape/degenerate_fraction"] == 0
     assert logged == reward.last_metrics
 
 
@@ -138,3 +143,71 @@ def test_picklable(scorer):
     assert clone(completions=["men play chess"], target_id=[1]) == reward(
         completions=["men play chess"], target_id=[1]
     )
+
+
+# ---------------------------------------------------------------- wrong results that used to pass silently
+def test_target_count_must_match_the_completions(scorer):
+    reward = GRAPERewardFunction(scorer)
+    with pytest.raises(ValueError, match="3 values in column 'target_id' for 2 completions"):
+        reward(completions=["a dog", "a car"], target_id=[0, 2, 1])
+    with pytest.raises(ValueError, match="1 values in column 'target_id' for 2 completions"):
+        reward(completions=["a dog", ""], target_id=[0])
+    relative = GRAPERewardFunction(scorer, relative=True)
+    with pytest.raises(ValueError, match="1 values in column 'query' for 2 completions"):
+        relative(completions=["a dog", "a car"], target_id=[0, 2], query=["Hund"])
+
+
+def test_string_target_ids_are_refused_not_split_into_digits(scorer):
+    reward = GRAPERewardFunction(scorer)
+    with pytest.raises(ValueError, match="the string '12'.*cast_column"):
+        reward(completions=["a dog"], target_id=["12"])
+    with pytest.raises(ValueError, match="the string '1'"):
+        reward(completions=["a dog"], target_id=["1"])
+
+
+@pytest.mark.parametrize("variant", sorted(REWARD_VARIANTS))
+def test_zero_width_completion_is_empty(scorer, variant):
+    reward = GRAPERewardFunction(scorer, reward=variant)
+    values = reward(completions=["\u200b\u200c\u200d", "\ufeff \u2060", "a dog"], target_id=[0, 0, 0])
+    assert values[:2] == [LOWEST_REWARD[variant]] * 2 and values[2] > LOWEST_REWARD[variant]
+    assert reward.last_metrics["grape/empty_fraction"] == pytest.approx(2 / 3)
+
+
+class BrokenOnWord(Retriever):
+    """A user's retriever that embeds any text containing 'void' to NaN (or zero): MiniLM otherwise."""
+
+    def __init__(self, inner, value):
+        super().__init__("test:broken-on-void", device="cpu")
+        self.inner, self.value = inner, value
+
+    def _encode_text(self, texts):
+        out = self.inner._encode_text(texts).clone()
+        out[[i for i, t in enumerate(texts) if "void" in t]] = self.value
+        return out
+
+
+@pytest.mark.parametrize("variant", sorted(REWARD_VARIANTS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_degenerate_query_embedding_earns_the_lowest_reward_and_is_counted(minilm, variant, value):
+    scorer = CLIPRankScorer(BrokenOnWord(minilm, value), CORPUS, show_progress_bar=False)
+    reward = GRAPERewardFunction(scorer, reward=variant)
+    values = reward(completions=["the void", "two men play chess", "void"], target_id=[1, 1, 1])
+    assert values[0] == values[2] == LOWEST_REWARD[variant] < values[1]
+    metrics = reward.last_metrics
+    assert metrics["grape/degenerate_fraction"] == pytest.approx(2 / 3)
+    assert metrics["grape/mean_rank"] == pytest.approx((4 + 1 + 4) / 3)
+    assert math.isfinite(metrics["grape/target_similarity"]) and math.isfinite(metrics["grape/nontarget_similarity"])
+    relative = GRAPERewardFunction(scorer, reward=variant, relative=True)
+    got = relative(completions=["two men play chess"] * 2, target_id=[1, 1], query=["void", "Männer"])
+    assert got[0] == pytest.approx(values[1] - LOWEST_REWARD[variant])
+
+
+def test_same_metric_keys_when_every_completion_is_empty(scorer):
+    """Under several processes TRL gathers the logged keys in order: a rank with only empty completions must log
+    the same keys as the others."""
+    reward = GRAPERewardFunction(scorer)
+    reward(completions=["a dog"], target_id=[0])
+    keys = set(reward.last_metrics)
+    reward(completions=["", "\u200b"], target_id=[0, 1])
+    assert set(reward.last_metrics) == keys
+    assert reward.last_metrics["grape/mean_rank"] == 4 and reward.last_metrics["grape/R@10"] == 0

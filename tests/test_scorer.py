@@ -91,7 +91,8 @@ def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
     from safetensors.torch import save_file
 
     planted = torch.nn.functional.normalize(torch.ones(3, 384), dim=-1)
-    save_file({"embeddings": planted}, str(files[0]), metadata={"spec": minilm.spec})
+    identity = {"spec": minilm.spec, "fingerprint": minilm.fingerprint()}
+    save_file({"embeddings": planted}, str(files[0]), metadata=identity)
     assert torch.equal(CLIPRankScorer(minilm, corpus, cache_dir=tmp_path).corpus_embeddings, planted)
     # Another corpus gets another file.
     CLIPRankScorer(minilm, corpus + ["a fish"], cache_dir=tmp_path, show_progress_bar=False)
@@ -102,7 +103,7 @@ def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
         again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
     torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
     # Mismatched shape: rebuilt with a warning.
-    save_file({"embeddings": torch.ones(3, 8)}, str(files[0]), metadata={"spec": minilm.spec})
+    save_file({"embeddings": torch.ones(3, 8)}, str(files[0]), metadata=identity)
     with pytest.warns(UserWarning, match="re-embedding"):
         again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
     torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
@@ -113,10 +114,10 @@ def test_sampled_negatives_mode(random_scorer, minilm):
     scorer = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=20, seed=3)
     q = emb[[4, 8]] + 0.01
     stats = scorer.rank_stats(q, [4, 8])
-    assert stats.corpus_size == 21
+    assert stats.corpus_size == 103  # ranks are estimated among the whole corpus
     assert stats.ranks.tolist() == [1, 1]
     far = -emb[[4]]  # the query points away from the target: every negative beats it
-    assert scorer.ranks(far, [4]).tolist() == [21]
+    assert scorer.ranks(far, [4]).tolist() == [103]
 
 
 def test_bad_inputs(minilm):
@@ -136,3 +137,115 @@ def test_bad_inputs(minilm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CLIPRankScorer.from_embeddings(minilm, torch.ones(2, 384))
+
+
+# ---------------------------------------------------------------- wrong results that used to pass silently
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("12", "the string '12'"),
+        ("40", "the string '40'"),
+        (1.7, "target_id 1.7 .* is not a whole number"),
+        (True, "the bool True"),
+        ([1, "2"], "the string '2'"),
+    ],
+)
+def test_target_ids_are_integers_never_guessed(minilm, target, message):
+    scorer = CLIPRankScorer.from_embeddings(minilm, torch.nn.functional.normalize(torch.randn(50, 384), dim=-1))
+    with pytest.raises(ValueError, match=message):
+        scorer.ranks(torch.randn(1, 384), [target])
+
+
+def test_integer_like_target_ids_still_work(random_scorer):
+    import numpy as np
+
+    scorer, emb = random_scorer
+    q = emb[[12, 40, 7, 3]]
+    ids = [np.int64(12), 40.0, torch.tensor(7), [np.int32(3), 5]]
+    assert scorer.ranks(q, ids).tolist() == [1, 1, 1, 1]
+    assert scorer.ranks(q[:1], 12).tolist() == [1]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "zero"])
+def test_degenerate_query_embedding_gets_the_worst_rank(random_scorer, bad):
+    scorer, emb = random_scorer
+    q = emb[[5, 6]].clone()
+    q[1] = {"nan": torch.nan, "inf": torch.inf, "zero": 0.0}[bad]
+    stats = scorer.rank_stats(q, [5, 6])
+    assert stats.ranks.tolist() == [1, 103]
+    assert stats.degenerate.tolist() == [False, True]
+    assert stats.target_similarity[1] == -1 and stats.topk_nontarget_similarity[1] == 1
+    assert torch.isfinite(stats.target_similarity).all() and torch.isfinite(stats.nontarget_similarity).all()
+    scores, _ = scorer.search(q, k=3)
+    assert scores[1].tolist() == [-float("inf")] * 3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_degenerate_corpus_rows_are_refused(minilm, bad):
+    emb = torch.nn.functional.normalize(torch.randn(20, 384), dim=-1)
+    emb[[3, 11]] = bad
+    with pytest.raises(ValueError, match=r"2 corpus embedding row\(s\) .* \(rows 3, 11\)"):
+        CLIPRankScorer.from_embeddings(minilm, emb)
+
+
+def test_exact_stats_match_brute_force_with_multi_targets_and_ties(minilm):
+    torch.manual_seed(4)
+    emb = torch.nn.functional.normalize(torch.randn(57, 384), dim=-1)
+    emb[10] = emb[2]
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=8, top_k=5)
+    q = torch.cat([emb[[2, 10]], torch.nn.functional.normalize(torch.randn(4, 384), dim=-1)])
+    targets = [10, [2, 10], [0, 56, 9], 33, [8, 16], 7]
+    stats = scorer.rank_stats(q, targets)
+    assert stats.ranks.tolist() == brute_force_ranks(q, emb, targets)
+    scores = q @ emb.T
+    for i, ts in enumerate(targets):
+        ts = [ts] if isinstance(ts, int) else ts
+        others = torch.ones(57, dtype=torch.bool)
+        others[ts] = False
+        torch.testing.assert_close(stats.nontarget_similarity[i], scores[i, others].mean(), atol=1e-5, rtol=0)
+        top = scores[i, others].topk(5).values.mean()
+        torch.testing.assert_close(stats.topk_nontarget_similarity[i], top, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- sampled negatives
+def test_sampled_negatives_are_deterministic_per_target_whatever_the_batch(random_scorer, minilm):
+    _, emb = random_scorer
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
+    torch.manual_seed(2)
+    q = torch.nn.functional.normalize(emb[[4] * 4 + [9] * 4] + 0.15 * torch.randn(8, 384), dim=-1)
+    targets = [4] * 4 + [9] * 4
+    ranks = scorer.ranks(q, targets)
+    # Identical completions of one prompt: identical ranks.
+    assert scorer.ranks(q[[0, 0, 0]], [4, 4, 4]).unique().numel() == 1
+    # Another order, another split, another scorer with the same seed: the same ranks.
+    order = torch.randperm(8)
+    assert scorer.ranks(q[order], [targets[i] for i in order]).tolist() == ranks[order].tolist()
+    assert scorer.ranks(q[5:], targets[5:]).tolist() == ranks[5:].tolist()
+    again = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
+    assert again.ranks(q[3:], targets[3:]).tolist() == ranks[3:].tolist()
+
+
+def test_sampled_ranks_estimate_the_exact_ranks(minilm):
+    torch.manual_seed(5)
+    emb = torch.nn.functional.normalize(torch.randn(2000, 384), dim=-1)
+    q = torch.nn.functional.normalize(emb[:200] + 0.6 * torch.randn(200, 384), dim=-1)
+    exact = CLIPRankScorer.from_embeddings(minilm, emb).ranks(q, list(range(200))).float()
+    estimate = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=200).ranks(q, list(range(200))).float()
+    assert exact.median() > 10  # a spread of ranks, not all at the top
+    spearman = torch.corrcoef(torch.stack([exact.argsort().argsort().float(), estimate.argsort().argsort().float()]))
+    assert spearman[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("chunk_size", [512, 1024, 1500])
+def test_ranks_match_brute_force_on_word_counted_chunks(minilm, chunk_size):
+    """Chunks of a multiple of 512 items count beats 8 bytes at a time; others byte by byte."""
+    torch.manual_seed(7)
+    emb = torch.nn.functional.normalize(torch.randn(3000, 384), dim=-1)
+    q = torch.nn.functional.normalize(emb[:40] + 0.9 * torch.randn(40, 384) / 384**0.5 * 8, dim=-1)
+    q[0] = -emb[0]  # the target last: 2999 items beat it
+    targets = list(range(40))
+    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
+    scores = q @ emb.T
+    expected = 1 + (scores > scores[torch.arange(40), targets][:, None] + 1e-6).sum(1)
+    assert scorer.ranks(q, targets).tolist() == expected.tolist()
+    assert scorer.ranks(q[:1], [0]).item() == 3000
