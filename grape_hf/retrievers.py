@@ -65,10 +65,6 @@ class Retriever(ABC):
         self.batch_size = batch_size
         self._warned_truncation = False
 
-    @property
-    def supports_images(self) -> bool:
-        return False
-
     @abstractmethod
     def _encode_text(self, texts: list[str]) -> torch.Tensor: ...
 
@@ -193,10 +189,6 @@ class OpenCLIPRetriever(Retriever):
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.max_text_tokens = getattr(self.tokenizer, "context_length", None)
 
-    @property
-    def supports_images(self) -> bool:
-        return True
-
     def _count_text_tokens(self, texts):
         inner = getattr(self.tokenizer, "encode", None)
         if inner is None:
@@ -226,10 +218,6 @@ class HFCLIPRetriever(Retriever):
         self.is_siglip = "siglip" in type(self.model).__name__.lower()
         text_config = getattr(self.model.config, "text_config", None)
         self.max_text_tokens = getattr(text_config, "max_position_embeddings", None)
-
-    @property
-    def supports_images(self) -> bool:
-        return hasattr(self.model, "get_image_features")
 
     @property
     def _tokenizer(self):

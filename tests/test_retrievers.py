@@ -78,7 +78,7 @@ def test_open_clip_text_and_images_match_the_model(tiny_open_clip):
     torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-4)
     images = [Image.new("RGB", (48, 48), c) for c in ("red", "blue")]
     _assert_unit_rows(retriever.encode_image(images), 2)
-    assert retriever.supports_images and retriever.max_text_tokens == 16
+    assert retriever.max_text_tokens == 16
 
 
 def test_open_clip_truncation_warns_once(tiny_open_clip):
