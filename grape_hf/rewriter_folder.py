@@ -216,6 +216,13 @@ class GRAPERewriterConfig(PretrainedConfig):
         super().__init__(**kw)
 
 
+def register_config() -> None:
+    """Let `AutoConfig` (and so `AutoTokenizer`) read a rewriter folder's top `config.json` without remote code."""
+    from transformers import AutoConfig
+
+    AutoConfig.register(POINTER_MODEL_TYPE, GRAPERewriterConfig, exist_ok=True)
+
+
 def _identity(name: str) -> str:
     return name
 
@@ -315,6 +322,7 @@ def load_rewriter(
             "GRAPERewriterLoader", (GRAPERewriterLoader,), {"resolve_base_model": staticmethod(resolve_base_model)}
         )
     model = loader.from_pretrained(str(name_or_path), **kwargs)
+    register_config()
     source = model.grape_rewriter_path
     hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
     if read_json(source, "tokenizer_config.json", **hub) is None:

@@ -18,7 +18,7 @@ from .data import GRAPEData, is_multi30k_dir, load_grape_dataset
 from .evaluation import evaluate_rewriters
 from .models import cache_home, resolve_model_path
 from .prompts import PromptTemplate
-from .rewriter_folder import GRAPERewriterLoader, RewriterConfig, read_json
+from .rewriter_folder import GRAPERewriterLoader, RewriterConfig, read_json, register_config
 from .scorer import CLIPRankScorer
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def load_policy(model_args, init_rewriter: str | None = None, dtype: Any = None,
     if init_rewriter is None:
         return base_path, base_path
     folder = str(init_rewriter)
+    register_config()  # its tokenizer is read from the folder, whose config.json is grape_hf's pointer
     subfolder = GRAPERewriterLoader.adapter_location(folder)
     if subfolder is None:  # a full model: train it (with the stage's own LoRA, if any)
         return folder, folder

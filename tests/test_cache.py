@@ -96,24 +96,3 @@ def test_cache_dir_that_is_a_file_fails_before_embedding(minilm, tmp_path):
 
 # Two processes building the same scorer at once (one embeds and writes, the other waits and loads): see
 # tests/test_distributed.py, which checks it under `accelerate launch`.
-
-
-def test_doc_examples_of_the_reliability_modules_run():
-    """The `>>>` examples of cache, negatives and index run and hold (fenced doc-builder style)."""
-    import doctest
-    import importlib
-    import re
-
-    class FencedParser(doctest.DocTestParser):
-        def parse(self, string, name="<string>"):
-            return super().parse(re.sub(r"^\s*```(python)?\s*$", "", string, flags=re.M), name)
-
-    finder = doctest.DocTestFinder(parser=FencedParser())
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    examples = 0
-    for name in ("cache", "negatives", "index"):
-        for test in finder.find(importlib.import_module(f"grape_hf.{name}")):
-            examples += len(test.examples)
-            runner.run(test)
-    assert examples >= 8
-    assert runner.failures == 0
