@@ -414,3 +414,14 @@ def add_pipeline_files(
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if prompts is not None:
         (folder / PROMPTS_NAME).write_text(json.dumps(prompts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def refresh_remote_code(folder: str | Path) -> None:
+    """Copy the current remote-code modules into a saved rewriter folder again (its weights and metadata stay)."""
+    folder = Path(folder)
+    config = read_json(folder, "config.json") or {}
+    prompts = read_json(folder, PROMPTS_NAME)
+    if config.get("model_type") == POINTER_MODEL_TYPE:
+        add_pipeline_files(folder, config.get("adapter_subfolder"), config.get("base_model_name_or_path"), prompts)
+    else:
+        add_pipeline_files(folder, prompts=prompts)

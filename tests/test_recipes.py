@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import ModelConfig, TrlParser
 
 from grape_hf import GRAPEScriptArguments
+from grape_hf.trainer import GRAPEConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-KNOWN = {f.name for cls in (GRAPEScriptArguments, GRPOConfig, ModelConfig) for f in fields(cls)}
+KNOWN = {f.name for cls in (GRAPEScriptArguments, GRAPEConfig, ModelConfig) for f in fields(cls)}
 
 
 @pytest.mark.parametrize("config", sorted(RECIPES.glob("*/grape/config_*.yaml")), ids=lambda p: p.name)
@@ -20,7 +21,7 @@ def test_run_configs_use_known_keys(config):
 
 def test_vllm_config_passes_use_vllm_and_vllm_mode_through():
     config = RECIPES / "SmolLM2-135M-Instruct" / "grape" / "config_multi30k_de_vllm.yaml"
-    parser = TrlParser((GRAPEScriptArguments, GRPOConfig, ModelConfig))
+    parser = TrlParser((GRAPEScriptArguments, GRAPEConfig, ModelConfig))
     # No GPU here: bf16 is switched off on the command line, which overrides the YAML as in a real launch.
     script_args, training_args, model_args = parser.parse_args_and_config(
         ["--config", str(config), "--bf16", "false", "--use_cpu", "true", "--vllm_mode", "server"]

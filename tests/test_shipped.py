@@ -89,4 +89,6 @@ def test_shipped_remote_code_equals_the_source(name):
 
     folder = shipped_rewriter_path(name)
     for filename, source in remote_code_files().items():
-        assert (folder / filename).read_bytes() == source.read_bytes(), f"{name}/{filename}: run save_rewriter again"
+        assert (folder / filename).read_bytes() == source.read_bytes(), (
+            f"{name}/{filename} is stale: run grape_hf.rewriter_folder.refresh_remote_code(folder)"
+        )

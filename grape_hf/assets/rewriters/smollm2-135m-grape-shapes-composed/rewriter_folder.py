@@ -216,6 +216,13 @@ class GRAPERewriterConfig(PretrainedConfig):
         super().__init__(**kw)
 
 
+def register_config() -> None:
+    """Let `AutoConfig` (and so `AutoTokenizer`) read a rewriter folder's top `config.json` without remote code."""
+    from transformers import AutoConfig
+
+    AutoConfig.register(POINTER_MODEL_TYPE, GRAPERewriterConfig, exist_ok=True)
+
+
 def _identity(name: str) -> str:
     return name
 
@@ -315,6 +322,7 @@ def load_rewriter(
             "GRAPERewriterLoader", (GRAPERewriterLoader,), {"resolve_base_model": staticmethod(resolve_base_model)}
         )
     model = loader.from_pretrained(str(name_or_path), **kwargs)
+    register_config()
     source = model.grape_rewriter_path
     hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
     if read_json(source, "tokenizer_config.json", **hub) is None:
@@ -406,3 +414,14 @@ def add_pipeline_files(
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if prompts is not None:
         (folder / PROMPTS_NAME).write_text(json.dumps(prompts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def refresh_remote_code(folder: str | Path) -> None:
+    """Copy the current remote-code modules into a saved rewriter folder again (its weights and metadata stay)."""
+    folder = Path(folder)
+    config = read_json(folder, "config.json") or {}
+    prompts = read_json(folder, PROMPTS_NAME)
+    if config.get("model_type") == POINTER_MODEL_TYPE:
+        add_pipeline_files(folder, config.get("adapter_subfolder"), config.get("base_model_name_or_path"), prompts)
+    else:
+        add_pipeline_files(folder, prompts=prompts)
