@@ -74,6 +74,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         "dtype": model_args.dtype or "float32",
+        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
     }
     push_to_hub = training_args.push_to_hub
     training_args.push_to_hub = False  # grape_hf pushes itself, with the GRAPE model card

@@ -93,7 +93,10 @@ def load_policy(model_args, init_rewriter: str | None = None, dtype: Any = None,
     adapter_dir = os.path.join(folder, subfolder) if subfolder else folder
     base = resolve_model_path(PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or torch.float32)
+    attention = getattr(model_args, "attn_implementation", None)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=dtype or torch.float32, **({"attn_implementation": attention} if attention else {})
+    )
     model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     tokenizer_source = folder if read_json(folder, "tokenizer_config.json") else base
     return model, tokenizer_source

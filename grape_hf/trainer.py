@@ -40,6 +40,14 @@ class GRAPEConfig(GRPOConfig):
     generation_dtype: str = field(
         default="bfloat16", metadata={"help": "Weights of the merged sampling copy: 'bfloat16' or 'float32'."}
     )
+    lora_autocast_inputs: bool = field(
+        default=False,
+        metadata={
+            "help": "Under bf16 autocast, feed LoRA layers their bf16 inputs as they are instead of letting PEFT "
+            "cast them to the fp32 adapter weights' dtype (autocast casts them back for the matmul): the same "
+            "bf16 matmuls without two activation copies per layer. The adapter weights and their updates stay fp32."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,6 +147,14 @@ class GRAPETrainer(GRPOTrainer):
         elif self._sampler.synced_step != step:
             self._sampler.sync(policy, step)
         return self._sampler
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if getattr(self.args, "lora_autocast_inputs", False) and self.args.bf16:
+            from peft.helpers import disable_input_dtype_casting
+
+            with disable_input_dtype_casting(self.accelerator.unwrap_model(model)):
+                return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if not self._uses_merged_sampler() or images is not None:

@@ -82,3 +82,33 @@ def test_grape_config_refuses_bad_settings():
 
     with pytest.raises(ValueError, match="generation_dtype must be"):
         GRAPEConfig(output_dir="out", use_cpu=True, generation_dtype="int8")
+
+
+def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k_path, tmp_path):
+    """The recipe's fast settings together: bf16 autocast with bf16 LoRA inputs, merged bf16 sampling, eager attention."""
+    from peft import LoraConfig
+
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.data import load_multi30k
+    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    from grape_hf.trainer import GRAPEConfig, GRAPETrainer
+
+    data = load_multi30k(multi30k_path, split="validation", max_images=12)
+    args = GRAPEConfig(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=3, num_generations=3,
+        max_completion_length=6, learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", seed=0,
+        bf16=True, gradient_checkpointing=False, merged_generation=True, lora_autocast_inputs=True,
+        model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
+    )  # fmt: skip
+    trainer = GRAPETrainer(
+        model=str(tiny_llama_dir),
+        reward_funcs=[GRAPERewardFunction(CLIPRankScorer(minilm, data.corpus, show_progress_bar=False))],
+        args=args,
+        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if "lora_" in n)
+    assert any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if n in lora)
+    assert next(trainer._sampler.model.parameters()).dtype == torch.bfloat16
