@@ -146,13 +146,20 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
     from transformers import AutoTokenizer, set_seed
     from trl import SFTTrainer, get_peft_config
 
-    from .grpo import stage_template
     from .models import resolve_model_path
     from .retrievers import load_retriever
     from .rewards import get_reward_funcs
     from .rewriter import QueryRewriter
     from .rewriter_folder import load_rewriter
-    from .runs import Stopwatch, build_rewriter_config, build_scorer, load_policy, load_split, save_stage
+    from .runs import (
+        Stopwatch,
+        build_rewriter_config,
+        build_scorer,
+        load_policy,
+        load_split,
+        save_stage,
+        stage_template,
+    )
     from .sft import to_sft_dataset
 
     set_seed(training_args.seed)

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from .configs import GRAPEScriptArguments
 from .evaluation import markdown_table, plot_curves, save_results, training_curves
-from .prompts import PromptTemplate, get_prompt_template, to_prompt_dataset
+from .prompts import to_prompt_dataset
 from .retrievers import load_retriever
 from .rewards import get_reward_funcs
 from .rewriter import QueryRewriter
-from .rewriter_folder import RewriterConfig
 from .runs import (
     Stopwatch,
     build_rewriter_config,
@@ -29,18 +28,10 @@ from .runs import (
     load_policy,
     load_split,
     save_stage,
+    stage_template,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def stage_template(script_args) -> PromptTemplate:
-    """The prompt: `--prompt_template`, else the one the `--init_rewriter` was trained with, else the shift's."""
-    if script_args.prompt_template is None and getattr(script_args, "init_rewriter", None):
-        previous = RewriterConfig.load(script_args.init_rewriter)
-        if previous is not None:
-            return PromptTemplate.from_dict(previous.prompt)
-    return get_prompt_template(script_args.shift, script_args.prompt_template)
 
 
 def main(script_args: GRAPEScriptArguments, training_args, model_args):

@@ -17,7 +17,7 @@ from typing import Any
 from .data import GRAPEData, is_multi30k_dir, load_grape_dataset
 from .evaluation import evaluate_rewriters
 from .models import cache_home, resolve_model_path
-from .prompts import PromptTemplate
+from .prompts import PromptTemplate, get_prompt_template
 from .rewriter_folder import GRAPERewriterLoader, RewriterConfig, read_json, register_config
 from .scorer import CLIPRankScorer
 
@@ -27,6 +27,15 @@ TRAINING_KEYS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_t
                  "gradient_accumulation_steps", "num_generations", "generation_batch_size", "steps_per_generation",
                  "num_iterations", "max_completion_length", "temperature", "beta", "loss_type", "scale_rewards",
                  "seed")  # fmt: skip
+
+
+def stage_template(script_args) -> PromptTemplate:
+    """The prompt: `--prompt_template`, else the one the `--init_rewriter` was trained with, else the shift's."""
+    if script_args.prompt_template is None and getattr(script_args, "init_rewriter", None):
+        previous = RewriterConfig.load(script_args.init_rewriter)
+        if previous is not None:
+            return PromptTemplate.from_dict(previous.prompt)
+    return get_prompt_template(script_args.shift, script_args.prompt_template)
 
 
 def load_split(script_args, split: str, seed: int) -> GRAPEData:
