@@ -67,17 +67,20 @@ class PromptTemplate:
 
     def build_messages(self, query: str, reference: str | None = None) -> list[dict[str, str]]:
         """Return the conversation (`[{"role": ..., "content": ...}, ...]`) for one query."""
+        self._check_reference(reference)
+        return render_messages(self.to_dict(), query, reference)
+
+    def render_prompt(self, tokenizer, query: str, reference: str | None = None) -> str:
+        """The prompt text for one query: `tokenizer`'s chat template applied, the generation prompt added."""
+        self._check_reference(reference)
+        return _render_prompt(tokenizer, self.to_dict(), query, reference)
+
+    def _check_reference(self, reference: str | None) -> None:
         if self.needs_reference and reference is None:
             raise ValueError(
                 f"The {self.shift or 'given'!s} prompt template needs a reference caption (it contains "
                 "'{reference}'); pass `reference=`."
             )
-        return render_messages(self.to_dict(), query, reference)
-
-    def render_prompt(self, tokenizer, query: str, reference: str | None = None) -> str:
-        """The prompt text for one query: `tokenizer`'s chat template applied, the generation prompt added."""
-        self.build_messages(query, reference)  # checks the reference
-        return _render_prompt(tokenizer, self.to_dict(), query, reference)
 
     def to_dict(self) -> dict:
         data = asdict(self)

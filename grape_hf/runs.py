@@ -151,7 +151,7 @@ def build_rewriter_config(
     """The `grape_rewriter.json` of a stage's output: the prompt, the base model as the user named it, the retriever,
     the data, the stage and its settings (with the folder it started from), and the evaluation numbers."""
     init = getattr(script_args, "init_rewriter", None)
-    previous = (RewriterConfig.load(init) if init else None) or None
+    previous = RewriterConfig.load(init) if init else None
     stages = [*((previous.training or {}).get("stages", []) if previous else []), stage]
     return RewriterConfig(
         prompt=template.to_dict(),
@@ -178,7 +178,7 @@ def save_stage(trainer, tokenizer, output_dir: str | Path, rewriter_config: Rewr
 
 
 class Stopwatch:
-    """Wall-clock seconds of a stage, recorded as `train_seconds` (and CPU minutes, the unit of the benchmarks)."""
+    """Wall-clock seconds of a stage (`seconds`), recorded as `train_seconds` in its `grape_rewriter.json`."""
 
     def __enter__(self) -> Stopwatch:
         self.start = time.time()

@@ -268,10 +268,12 @@ class GRAPERewriterLoader:
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *model_args, config: Any = None, **kwargs):
+    def from_pretrained(cls, name_or_path: str, *model_args, config: Any = None, resolve_base_model=None, **kwargs):
+        """Load the model; `resolve_base_model` (default: the class's) maps a base model id to a loadable path."""
+        resolve = resolve_base_model or cls.resolve_base_model
         name_or_path = str(name_or_path)
         if not Path(name_or_path).exists():
-            name_or_path = cls.resolve_base_model(name_or_path)  # a plain model's Hub id (offline: its local copy)
+            name_or_path = resolve(name_or_path)  # a plain model's Hub id (offline: its local copy)
         hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
         subfolder = cls.adapter_location(name_or_path, config, **hub)
         if subfolder is None:
@@ -284,7 +286,7 @@ class GRAPERewriterLoader:
                 raise ImportError(f"{name_or_path!r} is a PEFT adapter; install peft to load it.") from error
             source = _adapter_dir(name_or_path, subfolder, hub)
             peft_config = PeftConfig.from_pretrained(source)
-            base = cls.resolve_base_model(peft_config.base_model_name_or_path)
+            base = resolve(peft_config.base_model_name_or_path)
             base_kwargs = {k: v for k, v in kwargs.items() if k in _BASE_LOAD_KWARGS}
             model = AutoModelForCausalLM.from_pretrained(base, **base_kwargs)
             model = PeftModel.from_pretrained(model, source)
@@ -316,12 +318,7 @@ def load_rewriter(
     run) remote code to load it. `resolve_base_model` maps a base model's id to a loadable path (grape_hf passes its
     offline resolution); by default the loader's own is used.
     """
-    loader = GRAPERewriterLoader
-    if resolve_base_model is not None:
-        loader = type(
-            "GRAPERewriterLoader", (GRAPERewriterLoader,), {"resolve_base_model": staticmethod(resolve_base_model)}
-        )
-    model = loader.from_pretrained(str(name_or_path), **kwargs)
+    model = GRAPERewriterLoader.from_pretrained(str(name_or_path), resolve_base_model=resolve_base_model, **kwargs)
     register_config()
     source = model.grape_rewriter_path
     hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
