@@ -1,4 +1,5 @@
-"""The `grape-hf` command line: `evaluate` rewriters on a dataset, `push` a trained rewriter to the Hub."""
+"""The `grape-hf` command line: `evaluate` rewriters on a dataset, build a FAISS `index`, build a `shapes-task`,
+`push` a trained rewriter to the Hub."""
 
 from __future__ import annotations
 
@@ -130,6 +131,33 @@ def _index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_shapes_task(args: argparse.Namespace) -> None:
+    from .shapes import SHIFTS
+
+    if args.shift not in SHIFTS:
+        raise ValueError(f"--shift {args.shift!r} is not a shapes shift; choose one of {list(SHIFTS)}.")
+    folder = Path(args.output_dir)
+    if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+        raise ValueError(f"--output_dir {str(folder)!r} is not empty; pass --overwrite or give a new folder.")
+    _check_writable_dir("--output_dir", folder)
+
+
+def _shapes_task(args: argparse.Namespace) -> int:
+    from .shapes import build_grape_task
+
+    task = build_grape_task(
+        args.shift,
+        train_images=args.train_images,
+        eval_images=args.eval_images,
+        eval_queries=args.eval_queries,
+        train_seed=args.train_seed,
+        eval_seed=args.eval_seed,
+    )
+    task.save_to_disk(args.output_dir)
+    print(f"{args.output_dir}: " + ", ".join(f"{name} {len(split)}" for name, split in task.items()))
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_rewriter
 
@@ -181,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--multi30k_task", default="task2")
     build.add_argument("--cache_dir", default=None)
     build.set_defaults(func=_index_build, check=_check_index_build)
+
+    shapes = sub.add_parser(
+        "shapes-task", help="Save a shapes shift as a GRAPE dataset (train/validation queries and rendered corpora)."
+    )
+    shapes.add_argument("--shift", required=True, help="composed, multilingual, long_form or in_distribution.")
+    shapes.add_argument("--output_dir", required=True, help="Folder for `save_to_disk`; pass it as --dataset_name.")
+    shapes.add_argument("--train_images", type=int, default=1000)
+    shapes.add_argument("--eval_images", type=int, default=1000)
+    shapes.add_argument("--eval_queries", type=int, default=200, help="Held-out queries (seeded subset).")
+    shapes.add_argument("--train_seed", type=int, default=2)
+    shapes.add_argument("--eval_seed", type=int, default=1)
+    shapes.add_argument("--overwrite", action="store_true")
+    shapes.set_defaults(func=_shapes_task, check=_check_shapes_task)
 
     push = sub.add_parser("push", help="Upload a trained rewriter folder with its GRAPE model card.")
     push.add_argument("folder")

@@ -69,11 +69,15 @@ def select_best(
     samples: list[list[str]],
     reward: GRAPERewardFunction,
     min_improvement: float = 0.0,
+    references: list[str] | None = None,
 ) -> tuple[list[dict], dict]:
     """Score the greedy rewrite and every sample with `reward`; keep per query the best sample that beats greedy.
 
+    `references` (composed queries) are carried into the kept rows, for the prompt of the fine-tuning.
+
     Returns:
-        `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward"}`, and the round's
+        `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward"}` (and `"reference"`),
+        and the round's
         numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@10` of the best samples).
 
     Example:
@@ -108,9 +112,13 @@ def select_best(
         best_rewards.append(group[j])
         best_texts.append(samples[i][j])
         if group[j] > greedy_rewards[i] + min_improvement:
-            kept.append(
-                {"query": queries[i], "rewrite": samples[i][j], "reward": group[j], "greedy_reward": greedy_rewards[i]}
-            )
+            row = {
+                "query": queries[i],
+                "rewrite": samples[i][j],
+                "reward": group[j],
+                "greedy_reward": greedy_rewards[i],
+            }
+            kept.append(row if references is None else {**row, "reference": references[i]})
     oracle = reward.scorer.ranks(best_texts, list(targets)) if n else torch.zeros(0)
     stats = {
         "queries": n,
@@ -192,7 +200,9 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
                 script_args.sample_batch_size, references,
             )  # fmt: skip
             del model, rewriter
-        kept, stats = select_best(queries, targets, greedy, samples, reward, script_args.min_improvement)
+        kept, stats = select_best(
+            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references
+        )
         if not kept:
             raise RuntimeError(
                 f"Round {round_index}: no sampled rewrite beat the greedy one on {len(queries)} queries; raise "
@@ -208,7 +218,10 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
         trainer = SFTTrainer(
             model=model,
             args=round_args,
-            train_dataset=to_sft_dataset(Dataset.from_list(kept).select_columns(["query", "rewrite"]), template),
+            train_dataset=to_sft_dataset(
+                Dataset.from_list(kept).select_columns(["query", "rewrite", *(["reference"] if references else [])]),
+                template,
+            ),
             processing_class=tokenizer,
             peft_config=get_peft_config(model_args) if isinstance(model, str) else None,
         )

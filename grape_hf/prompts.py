@@ -113,7 +113,12 @@ def get_prompt_template(
         return PromptTemplate.from_dict({"shift": shift, **template})
     if isinstance(template, str):
         path = Path(template)
-        if template.endswith(".json") and path.is_file():
+        if template.endswith(".json"):
+            if not path.is_file():
+                raise ValueError(
+                    f"The prompt template file {template!r} does not exist; give the path of a JSON file with "
+                    "'user' (and 'system', 'examples') keys, or the user turn itself containing '{query}'."
+                )
             return PromptTemplate.from_dict({"shift": shift, **json.loads(path.read_text())})
         return PromptTemplate(user=template, shift=shift)
     builtin = _builtin_templates()

@@ -97,11 +97,14 @@ def load_pairs(script_args: SFTScriptArguments, seed: int = 0):
 
 
 def to_sft_dataset(pairs, template: PromptTemplate):
-    """TRL's conversational prompt-completion format: the rewriter's prompt, then the rewrite as the answer."""
+    """TRL's conversational prompt-completion format: the rewriter's prompt, then the rewrite as the answer.
+
+    `pairs` has `query` and `rewrite` columns, and `reference` when the template is a composed one.
+    """
 
     def convert(example):
         return {
-            "prompt": template.build_messages(example["query"]),
+            "prompt": template.build_messages(example["query"], example.get("reference")),
             "completion": [{"role": "assistant", "content": example["rewrite"]}],
         }
 

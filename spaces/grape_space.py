@@ -173,7 +173,7 @@ class Corpus:
 
 
 def shapes_rows(shift: str):
-    """Seed 1's held-out query rows and corpus scenes for a shapes shift (as `benchmarks/shapes_grape.py`)."""
+    """Seed 1's query rows and corpus scenes for a shapes shift (the held-out world of `benchmarks/shapes_grape.py`)."""
     from grape_hf.shapes import build_shift
 
     return build_shift(shift, num_images=SHAPES_IMAGES, seed=SHAPES_SEED)

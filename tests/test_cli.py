@@ -102,3 +102,22 @@ def test_cache_dir_that_is_a_file_is_refused(tmp_path, capsys):
     blocker.write_text("")
     err = _evaluate_error(capsys, "--cache_dir", str(blocker))
     assert f"cache_dir '{blocker}' is a file, not a folder" in err
+
+
+def test_shapes_task_is_saved_for_dataset_name_and_not_over_a_folder(tmp_path, capsys):
+    from grape_hf.cli import main
+    from grape_hf.data import load_grape_dataset
+
+    out = tmp_path / "shapes-long"
+    assert main(["shapes-task", "--shift", "long_form", "--output_dir", str(out), "--train_images", "12",
+                 "--eval_images", "12", "--eval_queries", "3"]) == 0  # fmt: skip
+    train = load_grape_dataset(str(out), split="train")
+    assert len(train.queries) == 12 and len(train.corpus) == 12
+    assert len(load_grape_dataset(str(out), split="validation").queries) == 3
+    for argv, message in (
+        (["--shift", "long_form", "--output_dir", str(out)], "is not empty; pass --overwrite"),
+        (["--shift", "paraphrase", "--output_dir", str(tmp_path / "new")], "--shift 'paraphrase' is not a shapes"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["shapes-task", *argv])
+        assert message in capsys.readouterr().err

@@ -28,3 +28,10 @@ def test_prompt_templates():
         {"role": "assistant", "content": "dog"},
     ]
     assert PromptTemplate.from_dict(few.to_dict()) == few
+
+
+def test_a_missing_prompt_file_is_named(tmp_path):
+    from grape_hf.prompts import get_prompt_template
+
+    with pytest.raises(ValueError, match="prompt template file '.*nope.json' does not exist"):
+        get_prompt_template("composed", str(tmp_path / "nope.json"))

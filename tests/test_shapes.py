@@ -224,6 +224,37 @@ def test_shift_datasets_have_exact_ground_truth():
         build_shift("paraphrase")
 
 
+def test_grape_task_holds_out_the_evaluation_scenes():
+    from grape_hf.shapes import build_grape_task
+
+    task = build_grape_task("multilingual", train_images=40, eval_images=40, eval_queries=8)
+    val, train = task["validation"], task["train"]
+    assert len(val) == 8 and sorted(set(val["language"])) == ["de", "es", "fr", "zh"]
+    assert len({(t, lang) for t, lang in zip(val["target_id"], val["language"])}) == 8
+    assert len(set(val["target_id"])) == 2  # the same two images in each language
+    held_out = set(task["validation_corpus"]["caption"])
+    assert train["target_caption"] and not held_out.intersection(train["target_caption"])
+    corpus = task["validation_corpus"]
+    assert all(corpus[t]["caption"] == c for t, c in zip(val["target_id"], val["target_caption"]))
+
+
+def test_grape_task_composed_edits_change_what_is_retrieved(tmp_path):
+    """The edit must matter: the target differs from the reference, which is in the corpus (so copying the reference
+    caption finds the reference, not the target)."""
+    from grape_hf.data import load_grape_dataset
+    from grape_hf.shapes import build_grape_task
+
+    task = build_grape_task("composed", train_images=48, eval_images=48, eval_queries=6)
+    task.save_to_disk(str(tmp_path / "task"))
+    data = load_grape_dataset(str(tmp_path / "task"), split="validation")
+    assert len(data.queries) == 6 and len(data.corpus) == 48 and data.corpus[0].size == (64, 64)
+    captions = task["validation_corpus"]["caption"]
+    for row in data.queries:
+        assert captions[row["reference_id"]] == row["reference"] != row["target_caption"] == captions[row["target_id"]]
+    with pytest.raises(ValueError, match="'paraphrase'"):
+        build_grape_task("paraphrase")
+
+
 @pytest.fixture(scope="module")
 def _shapes_clip():
     from grape_hf import load_retriever

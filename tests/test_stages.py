@@ -123,3 +123,34 @@ def test_self_distillation_round_saves_and_resumes(warm_start, multi30k_path, tm
     meta = json.loads((out / "grape_rewriter.json").read_text())
     assert meta["training"]["stages"] == ["sft", "self_distillation"]
     assert main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), argv)) == history  # resumed, not redone
+
+
+def test_self_distillation_of_composed_shapes_queries_from_the_base_model(_tiny_llama, tmp_path):
+    """A composed task built by `grape-hf shapes-task`, distilled from the zero-shot policy (no --init_rewriter) with a
+    few-shot prompt file: the reference caption reaches the fine-tuning prompts and the kept rows."""
+    from trl import ModelConfig, SFTConfig
+
+    from grape_hf.cli import main as cli
+    from grape_hf.distill import DistillScriptArguments, main
+    from grape_hf.prompts import get_prompt_template
+
+    data = tmp_path / "shapes-composed"
+    assert cli(["shapes-task", "--shift", "composed", "--output_dir", str(data), "--train_images", "24",
+                "--eval_images", "24", "--eval_queries", "4"]) == 0  # fmt: skip
+    prompt = tmp_path / "prompt.json"
+    template = get_prompt_template("composed").to_dict()
+    example = {"query": "make the circle red", "reference": "a blue circle", "rewrite": "a red circle"}
+    prompt.write_text(json.dumps({**template, "examples": [example]}))
+    out = tmp_path / "distill"
+    argv = ["--model_name_or_path", str(_tiny_llama), *TINY_LORA, "--dataset_name", str(data), "--shift", "composed",
+            "--retriever", "open_clip:grape-shapes-clip@grape-shapes", "--prompt_template", str(prompt),
+            "--rounds", "1", "--num_samples", "4", "--max_new_tokens", "6", "--sample_dtype", "float32",
+            "--corpus_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--max_length", "256"]  # fmt: skip
+    history = main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), argv))
+    assert history[0]["queries"] == 6 and history[0]["samples_per_query"] == 4
+    kept = [json.loads(line) for line in (out / "round-0" / "kept.jsonl").read_text().splitlines()]
+    assert kept and all(row["reference"].startswith("a ") for row in kept)
+    meta = json.loads((out / "grape_rewriter.json").read_text())
+    assert meta["shift"] == "composed" and meta["prompt"]["examples"] == [example]
+    assert meta["training"]["stages"] == ["self_distillation"]

@@ -16,7 +16,7 @@ Example:
 from .composed import EDIT_KINDS, Edit, apply_random_edit, referring_expression
 from .languages import LANGUAGE_TABLES, LANGUAGES, SHIFT_LANGUAGES, describe, describe_object
 from .long_form import clip_piece_count, long_form_description
-from .queries import SHIFTS, build_shift, build_shift_dataset, corpus_dataset
+from .queries import SHIFTS, build_grape_task, build_shift, build_shift_dataset, corpus_dataset
 from .world import (
     COLOURS,
     IMAGE_SIZE,
@@ -45,6 +45,7 @@ __all__ = [
     "Scene",
     "ShapeObject",
     "apply_random_edit",
+    "build_grape_task",
     "build_shift",
     "build_shift_dataset",
     "clip_piece_count",

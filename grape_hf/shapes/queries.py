@@ -166,3 +166,63 @@ def build_shift_dataset(
     rows, scenes = build_shift(shift, num_images, seed, num_queries, languages)
     queries = Dataset.from_dict({column: [row[column] for row in rows] for column in rows[0]})
     return DatasetDict({"queries": queries, "corpus": corpus_dataset(scenes, image_size)})
+
+
+def build_grape_task(
+    shift: str,
+    train_images: int = 1000,
+    eval_images: int = 1000,
+    eval_queries: int | None = 200,
+    train_seed: int = 2,
+    eval_seed: int = 1,
+    image_size: int = IMAGE_SIZE,
+):
+    """A shift as a GRAPE training task: the `datasets.DatasetDict` that `load_grape_dataset`, the recipes and
+    `--dataset_name` read (save it with `save_to_disk`).
+
+    - `train` / `train_corpus`: the queries and rendered corpus of the world of `train_seed`, minus the queries whose
+      target caption is in the evaluation corpus (no held-out scene is a training target);
+    - `validation` / `validation_corpus`: a seeded subset of `eval_queries` queries over `eval_seed`'s corpus
+      (multilingual: the same images in each language). `benchmarks/train_shapes_clip.py` trains the retriever on
+      seed 0, so the defaults hold out both worlds from it.
+
+    Query splits carry `query`, `target_id` and `target_caption` (plus the shift's own columns: `language`, or
+    `reference`, `reference_id` and `edit_kind`); corpus splits `id`, `image` and `caption`.
+
+    Example:
+    ```python
+    >>> from grape_hf.shapes import build_grape_task
+    >>> task = build_grape_task("composed", train_images=24, eval_images=24, eval_queries=4)
+    >>> sorted(task), task["validation"].num_rows, len(task["validation_corpus"])
+    (['train', 'train_corpus', 'validation', 'validation_corpus'], 4, 24)
+    ```
+    """
+    from datasets import Dataset, DatasetDict
+
+    _check_shift(shift)
+    rows, scenes = build_shift(shift, num_images=eval_images, seed=eval_seed)
+    if eval_queries is not None:
+        rng = random.Random(f"grape-task-eval-{shift}-{eval_seed}")
+        if shift == "multilingual":
+            keep = set(rng.sample(range(eval_images), min(eval_images, max(1, eval_queries // len(SHIFT_LANGUAGES)))))
+            rows = [row for row in rows if row["target_id"] in keep]
+        else:
+            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), min(eval_queries, len(rows))))]
+    held_out = {scene.caption for scene in scenes}
+    train_rows, train_scenes = build_shift(shift, num_images=train_images, seed=train_seed)
+    train_rows = [row for row in train_rows if train_scenes[row["target_id"]].caption not in held_out]
+    if not train_rows:
+        raise ValueError(f"No {shift} training query is left with {train_images} train images; raise train_images.")
+
+    def queries(rows: list[dict], corpus: list[Scene]) -> Dataset:
+        rows = [{**row, "target_caption": corpus[row["target_id"]].caption} for row in rows]
+        return Dataset.from_dict({column: [row[column] for row in rows] for column in rows[0]})
+
+    return DatasetDict(
+        {
+            "train": queries(train_rows, train_scenes),
+            "train_corpus": corpus_dataset(train_scenes, image_size),
+            "validation": queries(rows, scenes),
+            "validation_corpus": corpus_dataset(scenes, image_size),
+        }
+    )
