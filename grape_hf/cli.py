@@ -152,6 +152,7 @@ def _shapes_task(args: argparse.Namespace) -> int:
         eval_queries=args.eval_queries,
         train_seed=args.train_seed,
         eval_seed=args.eval_seed,
+        composed_negatives=args.composed_negatives,
     )
     task.save_to_disk(args.output_dir)
     print(f"{args.output_dir}: " + ", ".join(f"{name} {len(split)}" for name, split in task.items()))
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--eval_queries", type=int, default=200, help="Held-out queries (seeded subset).")
     shapes.add_argument("--train_seed", type=int, default=2)
     shapes.add_argument("--eval_seed", type=int, default=1)
+    shapes.add_argument(
+        "--composed_negatives", type=int, default=1, help="composed: other edits of each reference in the corpus."
+    )
     shapes.add_argument("--overwrite", action="store_true")
     shapes.set_defaults(func=_shapes_task, check=_check_shapes_task)
 

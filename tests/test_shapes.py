@@ -209,6 +209,23 @@ def test_composed_targets_exist_and_differ_from_the_reference():
         build_shift("composed", num_images=200, num_queries=100)
 
 
+def test_composed_negatives_put_more_edits_of_the_reference_in_the_corpus():
+    rows, corpus = build_shift("composed", num_images=60, seed=4, composed_negatives=4)
+    assert len(rows) == 60 // 7 and len({scene.key for scene in corpus}) == 60
+    for row in rows:
+        reference = corpus[row["reference_id"]]
+        # the reference's neighbours: scenes one edit away (the target and the 4 negatives, at least)
+        near = [s for s in corpus if s.key != reference.key and _one_edit_apart(reference, s)]
+        assert corpus[row["target_id"]] in near and len(near) >= 5
+    with pytest.raises(ValueError, match=r"7 images per query \(reference, target, 5 other edit"):
+        build_shift("composed", num_images=20, num_queries=3, composed_negatives=5)
+
+
+def _one_edit_apart(a, b) -> bool:
+    objects_a, objects_b = set(a.objects), set(b.objects)
+    return len(objects_a ^ objects_b) <= 2 and abs(len(objects_a) - len(objects_b)) <= 1
+
+
 def test_shift_datasets_have_exact_ground_truth():
     data = build_shift_dataset("multilingual", num_images=8, seed=2)
     queries, corpus = data["queries"], data["corpus"]

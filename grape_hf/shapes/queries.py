@@ -4,7 +4,9 @@
 - `multilingual`: the caption in German, French, Spanish and Chinese (one query per image and language).
 - `long_form`: a chatty 100+ token description whose start names (almost) nothing (`long_form.py`).
 - `composed`: a reference image's caption plus an edit; the target is the edited scene (`composed.py`). The
-  corpus holds, for each query, the reference, the target and a second edit of the reference as a hard negative.
+  corpus holds, for each query, the reference, the target and `composed_negatives` other edits of the reference as
+  hard negatives: the edit always changes what is retrieved, and the more neighbours, the less copying the
+  reference caption earns.
 
 Every corpus caption is unique, so `target_id` is the one right answer.
 """
@@ -26,11 +28,13 @@ def _check_shift(shift: str) -> None:
         raise ValueError(f"Unknown shapes shift {shift!r}; choose one of {list(SHIFTS)}.")
 
 
-def _composed(num_images: int, num_queries: int, seed: int) -> tuple[list[dict], list[Scene]]:
-    if 3 * num_queries > num_images:
+def _composed(num_images: int, num_queries: int, seed: int, negatives: int = 1) -> tuple[list[dict], list[Scene]]:
+    per_query = 2 + negatives
+    if per_query * num_queries > num_images:
         raise ValueError(
-            f"A composed corpus holds 3 images per query (reference, target, hard negative): {num_queries} queries "
-            f"need at least {3 * num_queries} images, not {num_images}. Lower num_queries or raise num_images."
+            f"A composed corpus holds {per_query} images per query (reference, target, {negatives} other edit(s) of "
+            f"the reference): {num_queries} queries need at least {per_query * num_queries} images, not "
+            f"{num_images}. Lower num_queries or raise num_images."
         )
     rng = random.Random(f"composed-{seed}")
     scenes: list[Scene] = []
@@ -39,13 +43,13 @@ def _composed(num_images: int, num_queries: int, seed: int) -> tuple[list[dict],
     while len(pairs) < num_queries:
         reference = sample_scene(rng)
         edit = apply_random_edit(reference, rng)
-        negative = apply_random_edit(reference, rng)
-        keys = [reference.key, edit.target.key, negative.target.key]
-        if len(set(keys)) < 3 or seen.intersection(keys):
+        others = [apply_random_edit(reference, rng).target for _ in range(negatives)]
+        keys = [reference.key, edit.target.key, *(other.key for other in others)]
+        if len(set(keys)) < len(keys) or seen.intersection(keys):
             continue
         seen.update(keys)
         pairs.append((len(scenes), len(scenes) + 1, edit))
-        scenes += [reference, edit.target, negative.target]
+        scenes += [reference, edit.target, *others]
     scenes += generate_scenes(num_images - len(scenes), seed=rng.getrandbits(32), exclude=seen)
     # Shuffle so that a target's id says nothing about its reference's.
     order = list(range(len(scenes)))
@@ -72,6 +76,7 @@ def build_shift(
     seed: int = 1,
     num_queries: int | None = None,
     languages: tuple[str, ...] = SHIFT_LANGUAGES,
+    composed_negatives: int = 1,
 ) -> tuple[list[dict], list[Scene]]:
     """The queries (as rows) and the corpus scenes of a shift, in plain Python; `build_shift_dataset` wraps it.
 
@@ -81,9 +86,11 @@ def build_shift(
         seed (`int`, *optional*, defaults to `1`): Seed of the corpus and the queries. `benchmarks/train_shapes_clip.py`
             trains on seed 0's stream; evaluate on other seeds.
         num_queries (`int`, *optional*): Queries per language (multilingual) or in all. Defaults to one per image,
-            and to `num_images // 4` for `composed`.
+            and to `num_images // (3 + composed_negatives)` for `composed`.
         languages (`tuple[str, ...]`, *optional*, defaults to `("de", "fr", "es", "zh")`): Languages of the
             multilingual shift.
+        composed_negatives (`int`, *optional*, defaults to `1`): Other edits of each composed query's reference
+            that the corpus holds besides the target.
 
     Returns:
         `tuple[list[dict], list[Scene]]`: rows with `query`, `target_id` (index into the corpus) and `shift` (plus
@@ -99,7 +106,8 @@ def build_shift(
     """
     _check_shift(shift)
     if shift == "composed":
-        return _composed(num_images, num_images // 4 if num_queries is None else num_queries, seed)
+        count = num_images // (3 + composed_negatives) if num_queries is None else num_queries
+        return _composed(num_images, count, seed, composed_negatives)
     corpus = generate_scenes(num_images, seed=seed)
     count = num_images if num_queries is None else num_queries
     if count > num_images:
@@ -176,6 +184,7 @@ def build_grape_task(
     train_seed: int = 2,
     eval_seed: int = 1,
     image_size: int = IMAGE_SIZE,
+    composed_negatives: int = 1,
 ):
     """A shift as a GRAPE training task: the `datasets.DatasetDict` that `load_grape_dataset`, the recipes and
     `--dataset_name` read (save it with `save_to_disk`).
@@ -187,7 +196,8 @@ def build_grape_task(
       seed 0, so the defaults hold out both worlds from it.
 
     Query splits carry `query`, `target_id` and `target_caption` (plus the shift's own columns: `language`, or
-    `reference`, `reference_id` and `edit_kind`); corpus splits `id`, `image` and `caption`.
+    `reference`, `reference_id` and `edit_kind`); corpus splits `id`, `image` and `caption`. `composed_negatives`:
+    other edits of each reference in both corpora (see [`build_shift`]).
 
     Example:
     ```python
@@ -200,7 +210,7 @@ def build_grape_task(
     from datasets import Dataset, DatasetDict
 
     _check_shift(shift)
-    rows, scenes = build_shift(shift, num_images=eval_images, seed=eval_seed)
+    rows, scenes = build_shift(shift, num_images=eval_images, seed=eval_seed, composed_negatives=composed_negatives)
     if eval_queries is not None:
         rng = random.Random(f"grape-task-eval-{shift}-{eval_seed}")
         if shift == "multilingual":
@@ -209,7 +219,9 @@ def build_grape_task(
         else:
             rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), min(eval_queries, len(rows))))]
     held_out = {scene.caption for scene in scenes}
-    train_rows, train_scenes = build_shift(shift, num_images=train_images, seed=train_seed)
+    train_rows, train_scenes = build_shift(
+        shift, num_images=train_images, seed=train_seed, composed_negatives=composed_negatives
+    )
     train_rows = [row for row in train_rows if train_scenes[row["target_id"]].caption not in held_out]
     if not train_rows:
         raise ValueError(f"No {shift} training query is left with {train_images} train images; raise train_images.")
