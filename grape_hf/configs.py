@@ -37,7 +37,7 @@ class GRAPEScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rank"],
         metadata={
-            "help": "Reward variants: 'rank' (GRAPE), 'similarity', 'margin', or dotted paths to functions of "
+            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'similarity', 'margin', or dotted paths to functions of "
             "RankStats."
         },
     )

@@ -46,6 +46,34 @@ def rank_reward(stats: RankStats) -> torch.Tensor:
     return 1.0 / torch.log2(1.0 + stats.ranks.float())
 
 
+def shaped_rank_reward(stats: RankStats) -> torch.Tensor:
+    r"""A piecewise-linear rank reward in the manner of ConvSearch-R1's rank incentive: steep in the top 10, linear to
+    rank 100, zero beyond.
+
+    $$ r = \begin{cases} 1 - \frac{\mathrm{rank} - 1}{18} & \mathrm{rank} \le 10 \\
+    \frac{100 - \mathrm{rank}}{180} & 10 < \mathrm{rank} \le 100 \\ 0 & \text{otherwise} \end{cases} $$
+
+    1 at rank 1, 0.5 at rank 10, 0.25 at rank 55, 0 from rank 100. Where [`rank_reward`] is nearly flat past rank
+    ~30 (0.20 at 31, 0.15 at 100), this one pays each place gained up to rank 100 the same, and a top-10 place ten
+    times more. Lowest value (empty completion): 0.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from grape_hf.rewards import shaped_rank_reward
+    >>> from grape_hf.scorer import RankStats
+    >>> stats = RankStats(ranks=torch.tensor([1, 10, 55, 100, 5000]), target_similarity=torch.zeros(5),
+    ...                   nontarget_similarity=torch.zeros(5), topk_nontarget_similarity=torch.zeros(5), corpus_size=9000)
+    >>> [round(x, 3) for x in shaped_rank_reward(stats).tolist()]
+    [1.0, 0.5, 0.25, 0.0, 0.0]
+    ```
+    """
+    ranks = stats.ranks.float()
+    top = 1.0 - (ranks - 1.0) / 18.0
+    middle = (100.0 - ranks) / 180.0
+    return torch.where(ranks <= 10, top, middle.clamp(min=0.0))
+
+
 def similarity_reward(stats: RankStats) -> torch.Tensor:
     r"""The naive baseline: cosine similarity to the target, $r = \cos(q, t) \in [-1, 1]$.
 
@@ -67,11 +95,12 @@ def margin_reward(stats: RankStats) -> torch.Tensor:
 
 REWARD_VARIANTS: dict[str, RewardVariant] = {
     "rank": rank_reward,
+    "shaped_rank": shaped_rank_reward,
     "similarity": similarity_reward,
     "margin": margin_reward,
 }
 # The reward an empty (or whitespace-only) completion gets: the variant's lowest value.
-LOWEST_REWARD: dict[str, float] = {"rank": 0.0, "similarity": -1.0, "margin": -2.0}
+LOWEST_REWARD: dict[str, float] = {"rank": 0.0, "shaped_rank": 0.0, "similarity": -1.0, "margin": -2.0}
 
 
 def resolve_reward_variant(reward: str | RewardVariant) -> tuple[str, RewardVariant]:
@@ -287,7 +316,7 @@ def get_reward_funcs(
     ```python
     >>> from grape_hf.rewards import REWARD_VARIANTS
     >>> sorted(REWARD_VARIANTS)
-    ['margin', 'rank', 'similarity']
+    ['margin', 'rank', 'shaped_rank', 'similarity']
     ```
     """
     if not reward_funcs:

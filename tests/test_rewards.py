@@ -122,7 +122,7 @@ def test_bad_inputs(scorer):
         reward(completions=["a"], image_id=[0])
     with pytest.raises(ValueError, match="target_id 9 is outside the corpus \\(4 items\\)"):
         reward(completions=["a"], target_id=[9])
-    with pytest.raises(ValueError, match="Unknown reward 'recall'.*'margin', 'rank', 'similarity'"):
+    with pytest.raises(ValueError, match="Unknown reward 'recall'.*'margin', 'rank', 'shaped_rank', 'similarity'"):
         GRAPERewardFunction(scorer, reward="recall")
     with pytest.raises(ValueError, match="Cannot import the reward function 'nowhere.fn'"):
         GRAPERewardFunction(scorer, reward="nowhere.fn")
