@@ -5,7 +5,8 @@
 For each shift of `grape_hf.shapes` (multilingual, long-form, composed) the queries go to the shipped retriever
 as they are, and the target image is ranked among a held-out corpus of 1,000 images (seed 1; the retriever was
 trained on seed 0's stream). `in_distribution` is the same corpus queried with its canonical captions. Writes
-`benchmarks/results/shapes.json` as shift -> method -> metric -> value (`_meta` holds the setup).
+`benchmarks/results/shapes_baselines.json` as shift -> method -> metric -> value (`_meta` holds the setup), on
+every query of each shift; `benchmarks/shapes_grape.py` measures the rewriters on a seeded subset (`shapes.json`).
 
 Methods: `no_rewrite` (the query as it is); `oracle` (the target's canonical caption: what a perfect rewriter
 would write, the ceiling); for `composed`, also `reference_caption` (the reference image's
@@ -27,7 +28,7 @@ from grape_hf.evaluation import retrieval_metrics
 from grape_hf.shapes import SHIFT_LANGUAGES, build_shift_dataset
 
 SPEC = "open_clip:grape-shapes-clip@grape-shapes"
-RESULTS = Path(__file__).parent / "results" / "shapes.json"
+RESULTS = Path(__file__).parent / "results" / "shapes_baselines.json"
 
 
 def main() -> None:
@@ -73,14 +74,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    # Merge: benchmarks/shapes_grape.py adds its methods to the same file, and a rerun here must not drop them.
-    merged = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    for key, value in results.items():
-        if key == "_meta":
-            merged["_meta"] = {**merged.get("_meta", {}), **value}
-        else:
-            merged.setdefault(key, {}).update(value)
-    args.output.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+    args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.output} in {results['_meta']['seconds']} s")
 
 
