@@ -79,7 +79,7 @@ def main() -> None:
     from grape_hf.data import load_multi30k
     from grape_hf.evaluation import evaluate_retrieval, markdown_table, plot_curves
     from grape_hf.models import SMOLLM2_ID, cache_home
-    from grape_hf.rewriter_folder import RewriterConfig
+    from grape_hf.runs import stage_minutes as minutes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -115,13 +115,6 @@ def main() -> None:
 
     def save() -> None:
         results_file.write_text(json.dumps({"num_queries": len(queries), "methods": results}, indent=2) + "\n")
-
-    def minutes(folder: Path) -> float:
-        training = RewriterConfig.load(folder).training
-        seconds = training.get("train_seconds") or sum(
-            h.get("sample_seconds", 0) + h.get("train_seconds", 0) for h in training.get("history", [])
-        )
-        return round(seconds / 60, 1)
 
     evaluate("german_as_is", None)
     evaluate("zero_shot", SMOLLM2_ID)

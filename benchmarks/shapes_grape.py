@@ -167,6 +167,7 @@ def run_shift(shift: str, folder: Path, sizes: dict, results: dict, save, retrie
     from grape_hf import CLIPRankScorer, QueryRewriter
     from grape_hf.metrics import METRICS, retrieval_metrics
     from grape_hf.models import SMOLLM2_ID, cache_home
+    from grape_hf.runs import stage_minutes as minutes
 
     folder.mkdir(parents=True, exist_ok=True)
     task, template = build_task(shift, folder, sizes["task"])
@@ -232,17 +233,6 @@ def run_shift(shift: str, folder: Path, sizes: dict, results: dict, save, retrie
     results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer),
                                "shots": SHOTS[shift][0]}  # fmt: skip
     return curves
-
-
-def minutes(folder: Path) -> float:
-    """A stage's CPU minutes, from its `grape_rewriter.json`."""
-    from grape_hf.rewriter_folder import RewriterConfig
-
-    training = RewriterConfig.load(folder).training
-    seconds = training.get("train_seconds") or sum(
-        h.get("sample_seconds", 0) + h.get("train_seconds", 0) for h in training.get("history", [])
-    )
-    return round(seconds / 60, 1)
 
 
 def main() -> None:

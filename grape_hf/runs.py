@@ -177,6 +177,16 @@ def save_stage(trainer, tokenizer, output_dir: str | Path, rewriter_config: Rewr
     return save_rewriter(model, tokenizer, output_dir, rewriter_config)
 
 
+def stage_minutes(folder: str | Path) -> float:
+    """The wall-clock minutes a stage's rewriter folder records: its `train_seconds`, or for self-distillation the
+    sampling and fine-tuning seconds of its rounds (`history`)."""
+    training = RewriterConfig.load(folder).training
+    seconds = training.get("train_seconds") or sum(
+        h.get("sample_seconds", 0) + h.get("train_seconds", 0) for h in training.get("history", [])
+    )
+    return round(seconds / 60, 1)
+
+
 class Stopwatch:
     """Wall-clock seconds of a stage (`seconds`), recorded as `train_seconds` in its `grape_rewriter.json`."""
 
