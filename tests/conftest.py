@@ -69,6 +69,22 @@ def tiny_llama_dir(_tiny_llama, tmp_path) -> Path:
     return target
 
 
+@pytest.fixture
+def lora_policy(tiny_llama_dir):
+    """The tiny Llama with a LoRA adapter on every linear layer and a non-zero update, as after some training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    return model
+
+
 @pytest.fixture(scope="session")
 def _minilm():
     from grape_hf import load_retriever

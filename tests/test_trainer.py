@@ -4,25 +4,12 @@ import pytest
 import torch
 
 
-def lora_policy(tiny_llama_dir, seed=0):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    for name, param in model.named_parameters():  # a non-zero LoRA update, as after some training
-        if "lora_B" in name:
-            param.data.normal_(0, 0.5)
-    return model
-
-
-def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir):
+def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir, lora_policy):
     from transformers import AutoTokenizer
 
     from grape_hf.trainer import MergedSampler
 
-    policy = lora_policy(tiny_llama_dir).eval()
+    policy = lora_policy.eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     inputs = tokenizer(["Ein Hund rennt über die Wiese."], return_tensors="pt")
     sampler = MergedSampler(policy, torch.float32)
@@ -57,7 +44,7 @@ def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
         output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=3, num_generations=3,
         steps_per_generation=2, max_completion_length=8, learning_rate=5e-2, logging_steps=1, report_to="none",
         use_cpu=True, save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False,
-        merged_generation=True, generation_dtype="float32",
+        merged_generation=True, generation_dtype="float32", shared_prompt_forward=True,
     )  # fmt: skip
     trainer = GRAPETrainer(
         model=str(tiny_llama_dir),
@@ -75,6 +62,21 @@ def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
     policy_state = merged_state_dict(trainer.model)
     for key, value in sampler.model.state_dict().items():
         assert torch.allclose(value, policy_state[key].to(value.dtype), atol=1e-6), key
+
+    # The shared-prompt forward the loss used gives TRL's plain forward's log-probabilities and entropies.
+    prompt = trainer.processing_class(["Ein Hund.", "Zwei Kinder spielen im Sand."], padding=True, padding_side="left",
+                                      return_tensors="pt")  # fmt: skip
+    rows = torch.tensor([0, 1, 1, 0])
+    completion = torch.randint(100, 1000, (4, 3), generator=torch.Generator().manual_seed(0))
+    input_ids = torch.cat([prompt["input_ids"][rows], completion], dim=1)
+    attention_mask = torch.cat([prompt["attention_mask"][rows], torch.ones_like(completion)], dim=1)
+    with torch.no_grad():
+        shared = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, 3,
+                                                            compute_entropy=True)  # fmt: skip
+        plain = super(GRAPETrainer, trainer)._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, 3, compute_entropy=True
+        )
+    assert torch.allclose(shared[0], plain[0], atol=1e-5) and torch.allclose(shared[1], plain[1], atol=1e-4)
 
 
 def test_grape_config_refuses_bad_settings():
@@ -98,6 +100,7 @@ def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k
         output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=3, num_generations=3,
         max_completion_length=6, learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", seed=0,
         bf16=True, gradient_checkpointing=False, merged_generation=True, lora_autocast_inputs=True,
+        shared_prompt_forward=True,
         model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
     )  # fmt: skip
     trainer = GRAPETrainer(
@@ -112,3 +115,42 @@ def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k
     assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if "lora_" in n)
     assert any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if n in lora)
     assert next(trainer._sampler.model.parameters()).dtype == torch.bfloat16
+
+
+def test_old_logps_from_the_sampler_and_whole_group_batches(tiny_llama_dir, minilm, multi30k_path, tmp_path):
+    """The sampler's recorded log-probabilities stand in for TRL's policy recomputation, and batches keep groups whole."""
+    from peft import LoraConfig
+
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.data import load_multi30k
+    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    from grape_hf.trainer import GRAPEConfig, GRAPETrainer
+
+    data = load_multi30k(multi30k_path, split="validation", max_images=12)
+    args = GRAPEConfig(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+        steps_per_generation=3, max_completion_length=8, learning_rate=0.0, report_to="none", use_cpu=True,
+        save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False, merged_generation=True,
+        generation_dtype="float32", shared_prompt_forward=True, old_logps_from_sampler=True, group_batches=True,
+    )  # fmt: skip
+    trainer = GRAPETrainer(
+        model=str(tiny_llama_dir),
+        reward_funcs=[GRAPERewardFunction(CLIPRankScorer(minilm, data.corpus, show_progress_bar=False))],
+        args=args,
+        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    assert len(trainer._buffered_inputs) == 3  # one round of 12 completions for 3 optimizer steps
+    for batch in trainer._buffered_inputs:
+        prompts = batch["prompt_ids"]
+        assert torch.equal(prompts[0::2], prompts[1::2])  # two whole groups of 2
+        assert "sampling_per_token_logps" not in batch
+        input_ids = torch.cat([prompts, batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with torch.no_grad():  # lr 0: the policy is still the one the fp32 sampler mirrored
+            policy, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, input_ids, attention_mask, batch["completion_ids"].size(1)
+            )
+        mask = batch["completion_mask"].bool()
+        assert torch.allclose(batch["old_per_token_logps"][mask], policy[mask], atol=1e-4)

@@ -1,0 +1,89 @@
+"""Group-aware decoding and log-probabilities (grape_hf.sampling) on a tiny Llama with SmolLM2's real tokenizer."""
+
+import pytest
+import torch
+
+QUERIES = ["Ein Hund rennt über die Wiese.", "Zwei Kinder spielen im Sand am Strand.", "Ein Mann."]
+
+
+def prompts(tokenizer, repeats):
+    ids = [tokenizer(query)["input_ids"] for query in QUERIES]
+    return [ids[i] for i in repeats]
+
+
+def plain_logps(model, input_ids, attention_mask, logits_to_keep):
+    """TRL's GRPO forward: the whole rows, the last `logits_to_keep` next-token log-probabilities."""
+    from trl.trainer.utils import selective_log_softmax
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1).logits
+    return selective_log_softmax(logits[:, :-1, :], input_ids[:, -logits_to_keep:])
+
+
+def test_shared_prompt_logps_equal_the_plain_forward_with_gradients(tiny_llama_dir, lora_policy):
+    from transformers import AutoTokenizer
+
+    from grape_hf.sampling import _left_pad, shared_prompt_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    policy = lora_policy
+    # Groups out of order and of different sizes, prompts of different lengths (left padding), as after TRL's shuffle.
+    prompt_ids, prompt_mask = _left_pad(prompts(tokenizer, [1, 0, 1, 2, 0, 1]), tokenizer.pad_token_id, "cpu")
+    completions = torch.randint(100, 1000, (6, 5), generator=torch.Generator().manual_seed(0))
+    completion_mask = torch.ones_like(completions)
+    completion_mask[3, 2:] = 0  # a completion that stopped early
+    input_ids = torch.cat([prompt_ids, completions], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+
+    expected = plain_logps(policy, input_ids, attention_mask, 5)
+    expected.sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+    policy.zero_grad()
+
+    logps, logits = shared_prompt_logps(policy, input_ids, attention_mask, 5)
+    assert logps.shape == (6, 5) and logits.shape[:2] == (6, 5)
+    assert torch.allclose(logps, expected, atol=1e-5)
+    logps.sum().backward()
+    for name, param in policy.named_parameters():
+        if param.requires_grad:  # the LoRA update still reaches the shared prompt's keys and values
+            assert torch.allclose(param.grad, expected_grads[name], atol=1e-5), name
+    assert any(expected_grads[n].abs().sum() > 0 for n in expected_grads if "lora_A" in n)
+
+    with pytest.raises(ValueError, match="needs a prompt before the completion"):
+        shared_prompt_logps(policy, input_ids, attention_mask, input_ids.size(1))
+
+
+def test_shared_prefix_generate_matches_generate(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from grape_hf.sampling import _left_pad, shared_prefix_generate
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    prompt_ids = prompts(tokenizer, [0, 0, 1, 2, 1, 0])
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    shared = shared_prefix_generate(model, prompt_ids, greedy, tokenizer.pad_token_id)
+    input_ids, attention_mask = _left_pad(prompt_ids, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=greedy,
+                               pad_token_id=tokenizer.pad_token_id)[:, input_ids.size(1):]  # fmt: skip
+    assert torch.equal(shared, plain)
+
+    sampled = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0,
+                               eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    draws = shared_prefix_generate(model, prompt_ids * 4, sampled, tokenizer.pad_token_id)
+    assert draws.shape[0] == 24
+    assert len({tuple(row) for row in draws[::6].tolist()}) > 1  # one prompt, four different samples
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax():
+    from grape_hf.sampling import InverseCDFSampler
+
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 0.0, float("-inf"), 1.0, -1.0])
+    probs = logits.softmax(-1)
+    scores = logits.repeat(40000, 1)
+    drawn = InverseCDFSampler()(None, scores).argmax(-1)
+    frequencies = torch.bincount(drawn, minlength=5).float() / drawn.numel()
+    assert frequencies[2] == 0  # a masked token is never drawn
+    assert torch.allclose(frequencies, probs, atol=0.01)
