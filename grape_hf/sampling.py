@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
-# Sampling settings the inverse-CDF path reproduces; a generation config using any other warper falls back to
-# `generate`'s own sampling.
-_UNSUPPORTED_WARPERS = {"typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+from .rewriter_folder import InverseCDFSampler, ScoreRecorder, sampling_processors
+
+__all__ = ["InverseCDFSampler", "ScoreRecorder", "sampling_processors", "shared_prefix_generate",
+           "shared_prompt_logps", "unique_rows"]  # fmt: skip
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,81 +64,6 @@ def _generation_positions(mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill_(mask == 0, 1)
 
 
-class InverseCDFSampler:
-    """A logits processor that draws the next token from softmax(scores) and leaves only that token possible.
-
-    Run it last, after the temperature/top-k/top-p warpers, inside a greedy `generate`: greedy decoding then picks
-    exactly the drawn token. One uniform draw per row replaces `torch.multinomial`'s per-entry exponential draws.
-
-    Example:
-    ```python
-    >>> import torch
-    >>> from grape_hf.sampling import InverseCDFSampler
-    >>> scores = torch.tensor([[0.0, float("-inf"), 0.0], [float("-inf"), 5.0, float("-inf")]])
-    >>> out = InverseCDFSampler()(None, scores)
-    >>> out.argmax(-1)[1].item(), bool(torch.isinf(out).sum(-1).eq(2).all())
-    (1, True)
-    ```
-    """
-
-    def __init__(self, recorder: ScoreRecorder | None = None):
-        self.recorder = recorder
-        self.logps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
-        cdf = scores.float().softmax(-1).cumsum(-1)
-        # u in (0, total]: the leftmost index with cdf >= u always has a positive probability.
-        u = (1.0 - torch.rand(cdf.size(0), 1, device=cdf.device)) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, u).clamp_(max=scores.size(-1) - 1)
-        if self.recorder is not None:  # log-probability of the drawn token under the recorded scores
-            recorded = self.recorder.scores.float()
-            self.logps.append((recorded.gather(1, tokens) - recorded.logsumexp(-1, keepdim=True)).squeeze(1))
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, tokens, 0.0)
-
-
-class ScoreRecorder:
-    """A pass-through logits processor that keeps the latest scores (for [`InverseCDFSampler`]'s log-probabilities)."""
-
-    scores: torch.Tensor | None = None
-
-    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
-        self.scores = scores
-        return scores
-
-
-def _sampling_processors(generation_config):
-    """The warpers `generate` would apply when sampling with `generation_config`, then the inverse-CDF draw, which
-    records each drawn token's log-probability after temperature and before top-k/top-p/min-p (as TRL's GRPO loss
-    computes it); None when the config uses a warper this path does not reproduce."""
-    from transformers import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    for name, neutral in _UNSUPPORTED_WARPERS.items():
-        value = getattr(generation_config, name, None)
-        if value is not None and value != neutral:
-            return None
-    processors = LogitsProcessorList()
-    temperature = generation_config.temperature
-    if temperature is not None and temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    recorder = ScoreRecorder()
-    processors.append(recorder)
-    if generation_config.top_k:
-        processors.append(TopKLogitsWarper(generation_config.top_k))
-    if generation_config.top_p is not None and generation_config.top_p < 1.0:
-        processors.append(TopPLogitsWarper(generation_config.top_p))
-    if getattr(generation_config, "min_p", None):
-        processors.append(MinPLogitsWarper(generation_config.min_p))
-    processors.append(InverseCDFSampler(recorder))
-    return processors
-
-
 @torch.no_grad()
 def shared_prefix_generate(
     model, prompt_ids: list[list[int]], generation_config, pad_token_id: int, return_logps: bool = False
@@ -168,7 +94,7 @@ def shared_prefix_generate(
     input_ids, attention_mask = _left_pad(prompt_ids, pad_token_id, device)
     config = copy.deepcopy(generation_config)
     config.pad_token_id = pad_token_id
-    processors = _sampling_processors(config) if config.do_sample else None
+    processors = sampling_processors(config) if config.do_sample else None
     if processors is not None:
         config.do_sample = False
         config.temperature = config.top_p = config.top_k = config.min_p = None

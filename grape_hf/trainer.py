@@ -1,13 +1,20 @@
-"""`GRAPETrainer`: TRL's `GRPOTrainer` that can sample from a merged, low-precision copy of the LoRA policy.
+"""`GRAPETrainer`: TRL's `GRPOTrainer` with a fast path for CPUs and GPUs without vLLM.
 
 Without vLLM, `GRPOTrainer` samples completions with the policy itself: a PEFT model whose every linear layer adds
 two small LoRA matmuls to each decoding step, in the training precision. Decoding is dominated by such per-layer
 work, so on a CPU (and on a GPU without vLLM) sampling costs several times what it would with the LoRA folded into
 the weights. With `merged_generation=True` the trainer keeps a second, plain copy of the model in
 `generation_dtype` (bf16: the fast path on AMX CPUs and GPUs), refreshes it with $W + \\frac{\\alpha}{r} BA$ before each
-generation round, and generates with it, the way vLLM serves merged weights in TRL's server mode. The loss, the
-reference model and the old log-probabilities are computed by the policy as before, so when the sampler's precision
-makes it differ slightly from the policy, GRPO's importance ratio sees it like any off-policy sample.
+generation round, and generates with it, the way vLLM serves merged weights in TRL's server mode. The loss and the
+reference model are computed by the policy as before, so when the sampler's precision makes it differ slightly from
+the policy, GRPO's importance ratio sees it like any off-policy sample.
+
+The other options cut the work GRPO repeats for every completion of a group (see [`grape_hf.sampling`]):
+`shared_prompt_forward` computes each distinct prompt once in the loss forward, `group_batches` keeps a group's
+completions in one training batch so that this sharing applies, and `old_logps_from_sampler` takes the old
+log-probabilities of a multi-step generation round from the sampler instead of a second forward of the policy.
+The sampler always computes each distinct prompt once and samples by inverse CDF. By default the output layer gets
+a contiguous input ([`contiguous_lm_head_inputs`]).
 """
 
 from __future__ import annotations
@@ -58,6 +65,14 @@ class GRAPEConfig(GRPOConfig):
         },
     )
 
+    contiguous_lm_head_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the output layer a contiguous input (see grape_hf.trainer.contiguous_lm_head_inputs): the "
+            "same logits, without a copy of the vocabulary matrix per row in the loss forward. On by default; off "
+            "reproduces plain GRPOTrainer."
+        },
+    )
     old_logps_from_sampler: bool = field(
         default=False,
         metadata={
@@ -209,7 +224,8 @@ class GRAPETrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        contiguous_lm_head_inputs(self.accelerator.unwrap_model(self.model))
+        if getattr(self.args, "contiguous_lm_head_inputs", True):
+            contiguous_lm_head_inputs(self.accelerator.unwrap_model(self.model))
 
     def _uses_merged_sampler(self) -> bool:
         args = self.args

@@ -87,3 +87,28 @@ def test_inverse_cdf_sampler_draws_from_the_softmax():
     frequencies = torch.bincount(drawn, minlength=5).float() / drawn.numel()
     assert frequencies[2] == 0  # a masked token is never drawn
     assert torch.allclose(frequencies, probs, atol=0.01)
+
+
+def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
+    """generate_rewrite_tokens: several rewrites per prompt from one prompt forward, as generate would give them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from grape_hf.rewriter_folder import generate_rewrite_tokens
+    from grape_hf.sampling import _left_pad
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    input_ids, attention_mask = _left_pad(prompts(tokenizer, [0, 1, 2]), tokenizer.pad_token_id, "cpu")
+    config = GenerationConfig(max_new_tokens=5, eos_token_id=tokenizer.eos_token_id)
+    single = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, generation_config=config)
+    # Sampling from the top token only is greedy decoding: the shared prefill and the inverse-CDF draw change nothing.
+    shared = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, num_rewrites=3,
+                                     generation_config=config, top_k=1)  # fmt: skip
+    assert shared.shape[:2] == (3, 3)
+    assert all(torch.equal(shared[:, i], single[:, 0]) for i in range(3))
+
+    torch.manual_seed(0)
+    sampled = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, num_rewrites=4,
+                                      generation_config=config, temperature=1.0, top_k=0)  # fmt: skip
+    assert sampled.shape[:2] == (3, 4)
+    assert len({tuple(row) for row in sampled[0].tolist()}) > 1

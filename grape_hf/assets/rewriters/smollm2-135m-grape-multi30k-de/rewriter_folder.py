@@ -23,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    PretrainedConfig,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.utils import cached_file
 
 REWRITER_CONFIG_NAME = "grape_rewriter.json"
@@ -156,6 +167,78 @@ def clean_rewrite(text: str) -> str:
     return text
 
 
+# Sampling settings the inverse-CDF path reproduces; a generation config using any other warper keeps `generate`'s
+# own sampling.
+_UNSUPPORTED_WARPERS = {"typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+
+
+class ScoreRecorder:
+    """A pass-through logits processor that keeps the latest scores (for [`InverseCDFSampler`]'s log-probabilities)."""
+
+    scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        self.scores = scores
+        return scores
+
+
+class InverseCDFSampler:
+    """A logits processor that draws the next token from softmax(scores) and leaves only that token possible.
+
+    Run it last, after the temperature/top-k/top-p warpers, inside a greedy `generate`: greedy decoding then picks
+    exactly the drawn token. One uniform draw per row replaces `torch.multinomial`'s per-entry exponential draws.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from grape_hf.rewriter_folder import InverseCDFSampler
+    >>> scores = torch.tensor([[0.0, float("-inf"), 0.0], [float("-inf"), 5.0, float("-inf")]])
+    >>> out = InverseCDFSampler()(None, scores)
+    >>> out.argmax(-1)[1].item(), bool(torch.isinf(out).sum(-1).eq(2).all())
+    (1, True)
+    ```
+    """
+
+    def __init__(self, recorder: ScoreRecorder | None = None):
+        self.recorder = recorder
+        self.logps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        cdf = scores.float().softmax(-1).cumsum(-1)
+        # u in (0, total]: the leftmost index with cdf >= u always has a positive probability.
+        u = (1.0 - torch.rand(cdf.size(0), 1, device=cdf.device)) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u).clamp_(max=scores.size(-1) - 1)
+        if self.recorder is not None:  # log-probability of the drawn token under the recorded scores
+            recorded = self.recorder.scores.float()
+            self.logps.append((recorded.gather(1, tokens) - recorded.logsumexp(-1, keepdim=True)).squeeze(1))
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, tokens, 0.0)
+
+
+def sampling_processors(generation_config):
+    """The warpers `generate` would apply when sampling with `generation_config`, then the inverse-CDF draw, which
+    records each drawn token's log-probability after temperature and before top-k/top-p/min-p (as TRL's GRPO loss
+    computes it); None when the config uses a warper this path does not reproduce."""
+    for name, neutral in _UNSUPPORTED_WARPERS.items():
+        value = getattr(generation_config, name, None)
+        if value is not None and value != neutral:
+            return None
+    processors = LogitsProcessorList()
+    temperature = generation_config.temperature
+    if temperature is not None and temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    recorder = ScoreRecorder()
+    processors.append(recorder)
+    if generation_config.top_k:
+        processors.append(TopKLogitsWarper(generation_config.top_k))
+    if generation_config.top_p is not None and generation_config.top_p < 1.0:
+        processors.append(TopPLogitsWarper(generation_config.top_p))
+    if getattr(generation_config, "min_p", None):
+        processors.append(MinPLogitsWarper(generation_config.min_p))
+    processors.append(InverseCDFSampler(recorder))
+    return processors
+
+
 @torch.no_grad()
 def generate_rewrite_tokens(
     model,
@@ -167,6 +250,10 @@ def generate_rewrite_tokens(
     **generate_kwargs,
 ) -> torch.Tensor:
     """The new tokens of `num_rewrites` rewrites per left-padded prompt (greedy for one, sampled for more).
+
+    Several rewrites of a prompt share one forward of it (its KV cache is repeated), and sampling draws by inverse
+    CDF ([`InverseCDFSampler`]) after the config's temperature/top-k/top-p/min-p warpers: the distribution
+    `generate`'s sampling draws from, at less cost on a CPU.
 
     With [`decode_rewrites`], the one generation path of grape_hf: [`~grape_hf.rewriter.QueryRewriter`], the
     `"grape-rewrite"` pipeline, the evaluation and the R@10 curve callback all come here.
@@ -183,10 +270,27 @@ def generate_rewrite_tokens(
     model_kwargs = config.update(do_sample=do_sample, num_return_sequences=num_rewrites, **generate_kwargs)
     if config.max_new_tokens is not None:
         config.max_length = None  # max_new_tokens wins; leaving both set only earns a warning
+    num_prompts, prompt_length = input_ids.shape
+    if num_rewrites > 1 and prompt_length > 1 and "past_key_values" not in model_kwargs:
+        # Each prompt once: prefill it and repeat its cache for its rewrites (generate would repeat the prompt).
+        cache = DynamicCache(config=model.config)
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # as generate's
+        model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+              past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+        cache.batch_repeat_interleave(num_rewrites)
+        input_ids = input_ids.repeat_interleave(num_rewrites, dim=0)
+        attention_mask = attention_mask.repeat_interleave(num_rewrites, dim=0)
+        model_kwargs["past_key_values"] = cache
+        config.num_return_sequences = 1
+    processors = sampling_processors(config) if config.do_sample and "logits_processor" not in model_kwargs else None
+    if processors is not None:  # sample by inverse CDF inside a greedy search (see InverseCDFSampler)
+        config.do_sample = False
+        config.temperature = config.top_p = config.top_k = config.min_p = None
+        model_kwargs["logits_processor"] = processors
     generated = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **model_kwargs
     )
-    return generated[:, input_ids.shape[1] :].reshape(input_ids.shape[0], num_rewrites, -1)
+    return generated[:, prompt_length:].reshape(num_prompts, num_rewrites, -1)
 
 
 def decode_rewrites(tokenizer, new_tokens: torch.Tensor) -> list[list[str]]:
