@@ -9,8 +9,8 @@ Each setting runs `--repeats` times after a warm-up call and the best time count
 forward pass alone (all prompts in one padded batch, and one by one), the part of generation batching cannot speed up
 when a single thread is compute-bound. Writes `benchmarks/results/pipeline_throughput.json`;
 `identical_to_one_at_a_time` counts the queries whose batched greedy rewrite equals the unbatched one (padding may
-shift float rounding, and with it a near-tie argmax). One torch thread by default: the machine this ran on is shared,
-and OpenMP threads that wait on each other under contention were ten times slower.
+shift float rounding, and with it a near-tie argmax). Defaults: bf16 weights and 2 torch threads, for an idle machine;
+under contention use `--threads 1` (OpenMP threads that wait on each other were ten times slower).
 """
 
 from __future__ import annotations
@@ -62,7 +62,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)."
+    )
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="Weights of the rewriter: bf16 is the fast path on CPUs with AMX and on GPUs.")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,7 +75,9 @@ def main() -> None:
 
     with gzip.open(QUERIES, "rt", encoding="utf-8") as f:
         queries = [line.strip() for _, line in zip(range(args.num_queries), f)]
-    rewriter = pipeline("grape-rewrite", model=resolve_model_path(SMOLLM2_ID), device="cpu", dtype=torch.float32)
+    rewriter = pipeline(
+        "grape-rewrite", model=resolve_model_path(SMOLLM2_ID), device="cpu", dtype=getattr(torch, args.dtype)
+    )
     settings = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     rewriter(queries[:2], batch_size=2, **settings)  # warm-up
 
@@ -107,6 +113,7 @@ def main() -> None:
             "num_queries": len(queries),
             "max_new_tokens": args.max_new_tokens,
             "decoding": "greedy",
+            "dtype": args.dtype,
             "device": "cpu",
             "torch_threads": torch.get_num_threads(),
             "load_average_at_start": load_average,
@@ -114,7 +121,7 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "command": "python benchmarks/bench_pipeline.py",
+            "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
         },
         **runs,
         "prefill": prefill,
