@@ -31,10 +31,11 @@ MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 RECIPES = REPO / "recipes" / "SmolLM2-135M-Instruct"
 RETRIEVER = "sentence-transformers:all-MiniLM-L6-v2"
-# Stage -> recipe overrides. FULL is sized for this 2-core CPU at the fast path's ~1 completion/s (see RESULTS.md).
+# Stage -> recipe overrides. FULL is sized for one ~80-minute session of this 2-core CPU: SFT ~5 s a step, a
+# distillation round of 600 queries x 8 samples ~15 min, a GRPO step of 16 completions ~5 s (RESULTS.md).
 FULL = {
     "sft": ["--max_steps", "250", "--max_train_samples", "4000"],
-    "distill": ["--rounds", "2", "--max_train_samples", "600", "--num_train_epochs", "2"],
+    "distill": ["--rounds", "1", "--max_train_samples", "600", "--num_train_epochs", "2"],
     "grpo": ["--max_steps", "200", "--beta", "0.04", "--learning_rate", "1e-4", "--curve_eval_steps", "20"],
 }
 QUICK = {

@@ -179,3 +179,87 @@ def shared_prompt_logps(
         )
     logits = torch.cat(logits, dim=1) / temperature
     return selective_log_softmax(logits, input_ids[:, prompt_length:]), logits
+
+
+def packed_group_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[`shared_prompt_logps`] without padding: each group's completions packed after its prompt in one sequence.
+
+    Rows with the same prompt become one sequence: the prompt's tokens, then each row's completion up to its mask's
+    end, with a block mask (a completion sees the prompt and its own earlier tokens) and the positions a plain
+    forward of the row would give. Completions shorter than the batch's longest cost nothing, and the prompt is
+    computed once. Needs a model that accepts a 4-D additive attention mask (transformers' eager and SDPA
+    attention). Log-probabilities past a row's completion mask are 0, and its logits there are 0.
+
+    Example:
+    ```python
+    >>> from grape_hf.sampling import packed_group_logps
+    >>> logps, logits = packed_group_logps(model, input_ids, attention_mask, logits_to_keep=32)  # doctest: +SKIP
+    ```
+    """
+    from trl.trainer.utils import selective_log_softmax
+
+    rows, total = input_ids.shape
+    prompt_length = total - logits_to_keep
+    if prompt_length < 1:
+        raise ValueError(f"packed_group_logps needs a prompt before the completion; got {total} tokens with "
+                         f"logits_to_keep={logits_to_keep}.")  # fmt: skip
+    completion_mask = attention_mask[:, prompt_length:].bool()
+    lengths = completion_mask.sum(1)
+    positions_in_row = torch.arange(logits_to_keep, device=input_ids.device)
+    if not torch.equal(completion_mask, positions_in_row < lengths[:, None]):
+        raise ValueError("packed_group_logps needs each completion mask to be ones then zeros (no holes).")
+    unique, inverse = unique_rows(torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length]], 1))
+    groups = unique.size(0)
+
+    # Layout: per group, its prompt's real tokens, then its rows' completions in batch order.
+    sequences, positions, segments, starts, prompt_ends = [], [], [], torch.zeros_like(lengths), []
+    for group in range(groups):
+        prompt_mask = unique[group, prompt_length:].bool()
+        prompt_ids = unique[group, :prompt_length][prompt_mask]
+        tokens = [prompt_ids]
+        position = [torch.arange(prompt_length - prompt_ids.numel(), prompt_length, device=input_ids.device)]
+        segment = [torch.zeros_like(prompt_ids)]
+        offset = prompt_ids.numel()
+        prompt_ends.append(offset - 1)
+        for number, row in enumerate((inverse == group).nonzero().flatten().tolist(), start=1):
+            n = int(lengths[row])
+            tokens.append(input_ids[row, prompt_length : prompt_length + n])
+            position.append(prompt_length + positions_in_row[:n])
+            segment.append(torch.full((n,), number, dtype=prompt_ids.dtype, device=input_ids.device))
+            starts[row] = offset
+            offset += n
+        sequences.append(torch.cat(tokens))
+        positions.append(torch.cat(position))
+        segments.append(torch.cat(segment))
+    length = max(s.numel() for s in sequences)
+    packed = input_ids.new_zeros(groups, length)
+    packed_positions = input_ids.new_zeros(groups, length)
+    packed_segments = input_ids.new_full((groups, length), -1)
+    for group, (tokens, position, segment) in enumerate(zip(sequences, positions, segments)):
+        packed[group, : tokens.numel()] = tokens
+        packed_positions[group, : tokens.numel()] = position
+        packed_segments[group, : tokens.numel()] = segment
+    index = torch.arange(length, device=input_ids.device)
+    valid = packed_segments >= 0
+    allowed = (index[:, None] >= index[None, :]) & (
+        (packed_segments[:, None, :] == 0) | (packed_segments[:, :, None] == packed_segments[:, None, :])
+    )
+    allowed &= valid[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool, device=input_ids.device) & ~valid[:, :, None]  # padding: itself
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+    logits = model(input_ids=packed, attention_mask=mask[:, None], position_ids=packed_positions).logits
+
+    # Completion token j of a row is predicted at its prompt's last token (j = 0) or at its own token j - 1.
+    prompt_ends = torch.tensor(prompt_ends, device=input_ids.device)
+    source = torch.where(positions_in_row[None, :] == 0, prompt_ends[inverse][:, None],
+                         starts[:, None] + positions_in_row[None, :] - 1)  # fmt: skip
+    source = torch.where(completion_mask, source, prompt_ends[inverse][:, None])
+    selected = logits[inverse[:, None], source] / temperature
+    selected = selected * completion_mask[..., None]
+    logps = selective_log_softmax(selected, input_ids[:, prompt_length:]) * completion_mask
+    return logps, selected

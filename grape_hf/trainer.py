@@ -10,8 +10,9 @@ reference model are computed by the policy as before, so when the sampler's prec
 the policy, GRPO's importance ratio sees it like any off-policy sample.
 
 The other options cut the work GRPO repeats for every completion of a group (see [`grape_hf.sampling`]):
-`shared_prompt_forward` computes each distinct prompt once in the loss forward, `group_batches` keeps a group's
-completions in one training batch so that this sharing applies, and `old_logps_from_sampler` takes the old
+`shared_prompt_forward` computes each distinct prompt once in the loss forward (`pack_completions` also packs a
+group's completions into one sequence, so that padding costs nothing), `group_batches` keeps a group's completions
+in one training batch so that this sharing applies, and `old_logps_from_sampler` takes the old
 log-probabilities of a multi-step generation round from the sampler instead of a second forward of the policy.
 The sampler always computes each distinct prompt once and samples by inverse CDF. By default the output layer gets
 a contiguous input ([`contiguous_lm_head_inputs`]).
@@ -65,6 +66,14 @@ class GRAPEConfig(GRPOConfig):
         },
     )
 
+    pack_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "In the loss and old-log-probability forwards, pack each group's completions after its prompt in "
+            "one sequence with a block mask (grape_hf.sampling.packed_group_logps): the prompt computed once and no "
+            "work on padding. Needs eager or SDPA attention; text-only models."
+        },
+    )
     contiguous_lm_head_inputs: bool = field(
         default=True,
         metadata={
@@ -305,8 +314,9 @@ class GRAPETrainer(GRPOTrainer):
     def _logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
     ):
+        packed = getattr(self.args, "pack_completions", False)
         shared = (
-            getattr(self.args, "shared_prompt_forward", False)
+            (packed or getattr(self.args, "shared_prompt_forward", False))
             and not self._is_vlm
             and not kwargs.get("compute_aux_loss")
             and not any(value is not None for key, value in kwargs.items() if key != "compute_aux_loss")
@@ -318,15 +328,14 @@ class GRAPETrainer(GRPOTrainer):
             )
         from trl.trainer.utils import entropy_from_logits
 
-        from .sampling import shared_prompt_logps
+        from .sampling import packed_group_logps, shared_prompt_logps
 
+        forward = packed_group_logps if packed else shared_prompt_logps
         batch_size = batch_size or input_ids.size(0)
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
-            logps, logits = shared_prompt_logps(
-                model, input_ids[rows], attention_mask[rows], logits_to_keep, self.temperature
-            )
+            logps, logits = forward(model, input_ids[rows], attention_mask[rows], logits_to_keep, self.temperature)
             all_logps.append(logps)
             if compute_entropy:
                 if self._entropy_bonus_enabled:

@@ -112,3 +112,43 @@ def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
                                       generation_config=config, temperature=1.0, top_k=0)  # fmt: skip
     assert sampled.shape[:2] == (3, 4)
     assert len({tuple(row) for row in sampled[0].tolist()}) > 1
+
+
+def test_packed_group_logps_equal_the_plain_forward_with_gradients(tiny_llama_dir, lora_policy):
+    from transformers import AutoTokenizer
+
+    from grape_hf.sampling import _left_pad, packed_group_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    policy = lora_policy
+    for attention in ("eager", "sdpa"):
+        policy.config._attn_implementation = attention
+        prompt_ids, prompt_mask = _left_pad(prompts(tokenizer, [1, 0, 1, 2, 0, 1]), tokenizer.pad_token_id, "cpu")
+        completions = torch.randint(100, 1000, (6, 5), generator=torch.Generator().manual_seed(0))
+        completion_mask = torch.ones_like(completions)
+        completion_mask[3, 2:] = 0  # stopped early
+        completion_mask[0, 4:] = 0
+        completion_mask[5, :] = 0  # masked whole (a truncated completion under mask_truncated_completions)
+        input_ids = torch.cat([prompt_ids, completions], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        keep = completion_mask.bool()
+
+        expected = plain_logps(policy, input_ids, attention_mask, 5)
+        expected[keep].sum().backward()
+        expected_grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+        policy.zero_grad()
+
+        logps, logits = packed_group_logps(policy, input_ids, attention_mask, 5)
+        assert logps.shape == (6, 5) and logits.shape[:2] == (6, 5)
+        assert torch.allclose(logps[keep], expected[keep], atol=1e-5), attention
+        assert torch.equal(logps[~keep], torch.zeros_like(logps[~keep]))
+        logps.sum().backward()
+        for name, param in policy.named_parameters():
+            if param.requires_grad:
+                assert torch.allclose(param.grad, expected_grads[name], atol=1e-5), (attention, name)
+        policy.zero_grad()
+
+    holes = attention_mask.clone()
+    holes[1, -3] = 0
+    with pytest.raises(ValueError, match="ones then zeros"):
+        packed_group_logps(policy, input_ids, holes, 5)

@@ -131,7 +131,7 @@ def test_old_logps_from_the_sampler_and_whole_group_batches(tiny_llama_dir, mini
         output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, num_generations=2,
         steps_per_generation=3, max_completion_length=8, learning_rate=0.0, report_to="none", use_cpu=True,
         save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False, merged_generation=True,
-        generation_dtype="float32", shared_prompt_forward=True, old_logps_from_sampler=True, group_batches=True,
+        generation_dtype="float32", pack_completions=True, old_logps_from_sampler=True, group_batches=True,
     )  # fmt: skip
     trainer = GRAPETrainer(
         model=str(tiny_llama_dir),
