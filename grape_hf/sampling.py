@@ -2,17 +2,21 @@
 
 GRPO samples `num_generations` completions of each prompt and then scores every completion with the policy. Both
 `generate` and TRL repeat the prompt before the forward pass, so a prompt of ~80 tokens with completions of ~30 is
-computed eight times over, and on a CPU that is most of the work. The two functions here compute each distinct
-prompt once and let its completions share the result through the KV cache:
+computed eight times over, and on a CPU that is most of the work. The functions here compute each distinct prompt
+once and let its completions share it:
 
 - [`shared_prefix_generate`] prefills each distinct prompt once, repeats its cache for its completions, and decodes
   with inverse-CDF sampling (one uniform draw per row against the cumulative probabilities: the same categorical
   distribution as `torch.multinomial`, whose CPU kernel draws an exponential variate for every vocabulary entry);
 - [`shared_prompt_logps`] gives the per-token log-probabilities of the completions, with gradients, from one prompt
   forward per distinct prompt and one forward of the completions over the repeated cache. The result equals the
-  plain forward's (same positions, same mask); only the repeated prompt work is gone.
+  plain forward's (same positions, same mask); only the repeated prompt work is gone;
+- [`packed_group_logps`] gives the same from one sequence per group: the prompt, then its completions each up to its
+  own end, under a block mask, so that completions shorter than the batch's longest cost nothing either.
 
-Both work on any causal LM of `transformers` that accepts `past_key_values` (PEFT-wrapped or not).
+They work on causal LMs of `transformers` that accept `past_key_values` (and, for packing, a 4-D attention mask),
+PEFT-wrapped or not. The inverse-CDF sampler itself lives in [`grape_hf.rewriter_folder`], the self-contained
+generation path that rewriter folders ship with, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from .rewriter_folder import InverseCDFSampler, ScoreRecorder, sampling_processors
 
-__all__ = ["InverseCDFSampler", "ScoreRecorder", "sampling_processors", "shared_prefix_generate",
+__all__ = ["InverseCDFSampler", "ScoreRecorder", "packed_group_logps", "sampling_processors", "shared_prefix_generate",
            "shared_prompt_logps", "unique_rows"]  # fmt: skip
 
 

@@ -4,6 +4,29 @@ import pytest
 import torch
 
 
+def tiny_trainer(tiny_llama_dir, minilm, multi30k_path, tmp_path, **settings):
+    """A GRAPETrainer on the tiny Llama with a fresh LoRA, rewarded by MiniLM's rank over 12 Multi30k images."""
+    from peft import LoraConfig
+
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.data import load_multi30k
+    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    from grape_hf.trainer import GRAPEConfig, GRAPETrainer
+
+    data = load_multi30k(multi30k_path, split="validation", max_images=12)
+    defaults = dict(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, save_strategy="no", seed=0,
+                    gradient_checkpointing=False, merged_generation=True)  # fmt: skip
+    return GRAPETrainer(
+        model=str(tiny_llama_dir),
+        reward_funcs=[
+            GRAPERewardFunction(CLIPRankScorer(minilm, data.corpus, show_progress_bar=False), reward="rank")
+        ],
+        args=GRAPEConfig(**{**defaults, **settings}),
+        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+
+
 def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir, lora_policy):
     from transformers import AutoTokenizer
 
@@ -31,28 +54,13 @@ def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir, l
 def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
     tiny_llama_dir, minilm, multi30k_path, tmp_path
 ):
-    from peft import LoraConfig
+    from grape_hf.trainer import GRAPETrainer, merged_state_dict
 
-    from grape_hf import CLIPRankScorer, GRAPERewardFunction
-    from grape_hf.data import load_multi30k
-    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
-    from grape_hf.trainer import GRAPEConfig, GRAPETrainer, merged_state_dict
-
-    data = load_multi30k(multi30k_path, split="validation", max_images=12)
-    scorer = CLIPRankScorer(minilm, data.corpus, show_progress_bar=False)
-    args = GRAPEConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=3, num_generations=3,
-        steps_per_generation=2, max_completion_length=8, learning_rate=5e-2, logging_steps=1, report_to="none",
-        use_cpu=True, save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False,
-        merged_generation=True, generation_dtype="float32", shared_prompt_forward=True,
+    trainer = tiny_trainer(
+        tiny_llama_dir, minilm, multi30k_path, tmp_path, max_steps=2, per_device_train_batch_size=3,
+        num_generations=3, steps_per_generation=2, max_completion_length=8, learning_rate=5e-2, logging_steps=1,
+        bf16=False, generation_dtype="float32", shared_prompt_forward=True,
     )  # fmt: skip
-    trainer = GRAPETrainer(
-        model=str(tiny_llama_dir),
-        reward_funcs=[GRAPERewardFunction(scorer, reward="rank")],
-        args=args,
-        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "rewards/grape_rank/mean" in entry]
     assert len(logs) == 1 and logs[0]["completions/mean_length"] > 0  # rewards are logged once a generation round
@@ -88,28 +96,11 @@ def test_grape_config_refuses_bad_settings():
 
 def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k_path, tmp_path):
     """The recipe's fast settings together: bf16 autocast with bf16 LoRA inputs, merged bf16 sampling, eager attention."""
-    from peft import LoraConfig
-
-    from grape_hf import CLIPRankScorer, GRAPERewardFunction
-    from grape_hf.data import load_multi30k
-    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
-    from grape_hf.trainer import GRAPEConfig, GRAPETrainer
-
-    data = load_multi30k(multi30k_path, split="validation", max_images=12)
-    args = GRAPEConfig(
-        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=3, num_generations=3,
-        max_completion_length=6, learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", seed=0,
-        bf16=True, gradient_checkpointing=False, merged_generation=True, lora_autocast_inputs=True,
-        shared_prompt_forward=True,
-        model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
+    trainer = tiny_trainer(
+        tiny_llama_dir, minilm, multi30k_path, tmp_path, max_steps=1, per_device_train_batch_size=3,
+        num_generations=3, max_completion_length=6, learning_rate=5e-2, bf16=True, lora_autocast_inputs=True,
+        shared_prompt_forward=True, model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
     )  # fmt: skip
-    trainer = GRAPETrainer(
-        model=str(tiny_llama_dir),
-        reward_funcs=[GRAPERewardFunction(CLIPRankScorer(minilm, data.corpus, show_progress_bar=False))],
-        args=args,
-        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if "lora_" in n)
@@ -119,27 +110,11 @@ def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k
 
 def test_old_logps_from_the_sampler_and_whole_group_batches(tiny_llama_dir, minilm, multi30k_path, tmp_path):
     """The sampler's recorded log-probabilities stand in for TRL's policy recomputation, and batches keep groups whole."""
-    from peft import LoraConfig
-
-    from grape_hf import CLIPRankScorer, GRAPERewardFunction
-    from grape_hf.data import load_multi30k
-    from grape_hf.prompts import get_prompt_template, to_prompt_dataset
-    from grape_hf.trainer import GRAPEConfig, GRAPETrainer
-
-    data = load_multi30k(multi30k_path, split="validation", max_images=12)
-    args = GRAPEConfig(
-        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, num_generations=2,
-        steps_per_generation=3, max_completion_length=8, learning_rate=0.0, report_to="none", use_cpu=True,
-        save_strategy="no", seed=0, bf16=False, gradient_checkpointing=False, merged_generation=True,
+    trainer = tiny_trainer(
+        tiny_llama_dir, minilm, multi30k_path, tmp_path, max_steps=1, per_device_train_batch_size=4,
+        num_generations=2, steps_per_generation=3, max_completion_length=8, learning_rate=0.0, bf16=False,
         generation_dtype="float32", pack_completions=True, old_logps_from_sampler=True, group_batches=True,
     )  # fmt: skip
-    trainer = GRAPETrainer(
-        model=str(tiny_llama_dir),
-        reward_funcs=[GRAPERewardFunction(CLIPRankScorer(minilm, data.corpus, show_progress_bar=False))],
-        args=args,
-        train_dataset=to_prompt_dataset(data, get_prompt_template("multilingual")),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
     trainer.train()
     assert len(trainer._buffered_inputs) == 3  # one round of 12 completions for 3 optimizer steps
     for batch in trainer._buffered_inputs:
