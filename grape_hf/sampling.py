@@ -23,7 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from .rewriter_folder import InverseCDFSampler, ScoreRecorder, sampling_processors
+from .rewriter_folder import (
+    InverseCDFSampler,
+    ScoreRecorder,
+    inverse_cdf_sampling,
+    prefill_prompts,
+    sampling_processors,
+)
 
 __all__ = ["InverseCDFSampler", "ScoreRecorder", "packed_group_logps", "sampling_processors", "shared_prefix_generate",
            "shared_prompt_logps", "unique_rows"]  # fmt: skip
@@ -62,12 +68,6 @@ def _left_pad(sequences: list[list[int]], pad_token_id: int, device) -> tuple[to
     return ids.to(device), mask.to(device)
 
 
-def _generation_positions(mask: torch.Tensor) -> torch.Tensor:
-    # As `generate` computes them for left-padded rows.
-    positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill_(mask == 0, 1)
-
-
 @torch.no_grad()
 def shared_prefix_generate(
     model, prompt_ids: list[list[int]], generation_config, pad_token_id: int, return_logps: bool = False
@@ -92,39 +92,17 @@ def shared_prefix_generate(
     """
     import copy
 
-    from transformers import DynamicCache
-
-    device = model.device
-    input_ids, attention_mask = _left_pad(prompt_ids, pad_token_id, device)
+    input_ids, attention_mask = _left_pad(prompt_ids, pad_token_id, model.device)
     config = copy.deepcopy(generation_config)
     config.pad_token_id = pad_token_id
-    processors = sampling_processors(config) if config.do_sample else None
-    if processors is not None:
-        config.do_sample = False
-        config.temperature = config.top_p = config.top_k = config.min_p = None
-    if input_ids.size(1) < 2:  # nothing to share before the last prompt token
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                   logits_processor=processors)  # fmt: skip
-        return _with_logps(generated[:, input_ids.size(1) :], processors, return_logps)
-    unique, inverse = unique_rows(torch.cat([input_ids, attention_mask], dim=1))
-    unique_ids, unique_mask = unique[:, : input_ids.size(1)], unique[:, input_ids.size(1) :]
-    cache = DynamicCache(config=model.config)
-    model(
-        input_ids=unique_ids[:, :-1],
-        attention_mask=unique_mask[:, :-1],
-        position_ids=_generation_positions(unique_mask[:, :-1]),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache.batch_select_indices(inverse)
-    generated = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        past_key_values=cache,
-        generation_config=config,
-        logits_processor=processors,
-    )
+    processors = inverse_cdf_sampling(config)
+    cache = None
+    if input_ids.size(1) > 1:  # something to share before the last prompt token
+        unique, inverse = unique_rows(torch.cat([input_ids, attention_mask], dim=1))
+        length = input_ids.size(1)
+        cache = prefill_prompts(model, unique[:, :length], unique[:, length:], inverse)
+    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                               generation_config=config, logits_processor=processors)  # fmt: skip
     return _with_logps(generated[:, input_ids.size(1) :], processors, return_logps)
 
 

@@ -260,13 +260,17 @@ class GRAPETrainer(GRPOTrainer):
             self._sampler.sync(policy, step)
         return self._sampler
 
+    @property
+    def _generate_every(self) -> int:
+        """Optimizer micro-steps per generation round, as TRL counts them."""
+        return self.args.steps_per_generation * self.num_iterations
+
     def _uses_sampler_logps(self) -> bool:
-        generate_every = self.args.steps_per_generation * self.num_iterations
         return (
             getattr(self.args, "old_logps_from_sampler", False)
             and self.model.training
             and self._uses_merged_sampler()
-            and self.args.gradient_accumulation_steps % generate_every != 0  # TRL would recompute them
+            and self.args.gradient_accumulation_steps % self._generate_every != 0  # TRL would recompute them
         )
 
     def _generate_and_score_completions(self, inputs):
@@ -276,7 +280,7 @@ class GRAPETrainer(GRPOTrainer):
         # sampler recorded them already. Present the round as aligned for that one check, then hand TRL the
         # sampler's values as the old log-probabilities (its vLLM-only correction field stays unused).
         accumulation = self.args.gradient_accumulation_steps
-        self.args.gradient_accumulation_steps = self.args.steps_per_generation * self.num_iterations
+        self.args.gradient_accumulation_steps = self._generate_every
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
@@ -296,8 +300,7 @@ class GRAPETrainer(GRPOTrainer):
             return super()._prepare_inputs(generation_batch)
         from trl.trainer.utils import split_tensor_dict
 
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        if self._step % generate_every == 0 or self._buffered_inputs is None:
+        if self._step % self._generate_every == 0 or self._buffered_inputs is None:
             batch = self._generate_and_score_completions(generation_batch)
             self._buffered_inputs = split_tensor_dict(shuffle_groups(batch, self.num_generations),
                                                       self.args.steps_per_generation)  # fmt: skip

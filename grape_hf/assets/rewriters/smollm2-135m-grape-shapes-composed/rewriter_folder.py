@@ -239,6 +239,27 @@ def sampling_processors(generation_config):
     return processors
 
 
+def inverse_cdf_sampling(config: GenerationConfig) -> LogitsProcessorList | None:
+    """When `config` samples with warpers [`sampling_processors`] reproduces, turn it into a greedy search and return
+    the processors that sample inside it (pass them as `logits_processor`); otherwise None and `config` is unchanged."""
+    processors = sampling_processors(config) if config.do_sample else None
+    if processors is not None:
+        config.do_sample = False
+        config.temperature = config.top_p = config.top_k = config.min_p = None
+    return processors
+
+
+def prefill_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> DynamicCache:
+    """Prefill left-padded prompts but their last token, once each, into a cache whose batch rows are `rows`
+    (indices into the prompts, repeats allowed): pass it to `generate` with the prompts of those rows."""
+    cache = DynamicCache(config=model.config)
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # as generate's
+    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache.batch_select_indices(rows)
+    return cache
+
+
 @torch.no_grad()
 def generate_rewrite_tokens(
     model,
@@ -273,20 +294,14 @@ def generate_rewrite_tokens(
     num_prompts, prompt_length = input_ids.shape
     if num_rewrites > 1 and prompt_length > 1 and "past_key_values" not in model_kwargs:
         # Each prompt once: prefill it and repeat its cache for its rewrites (generate would repeat the prompt).
-        cache = DynamicCache(config=model.config)
-        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # as generate's
-        model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-              past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-        cache.batch_repeat_interleave(num_rewrites)
-        input_ids = input_ids.repeat_interleave(num_rewrites, dim=0)
-        attention_mask = attention_mask.repeat_interleave(num_rewrites, dim=0)
-        model_kwargs["past_key_values"] = cache
+        rows = torch.arange(num_prompts, device=input_ids.device).repeat_interleave(num_rewrites)
+        model_kwargs["past_key_values"] = prefill_prompts(model, input_ids, attention_mask, rows)
+        input_ids, attention_mask = input_ids[rows], attention_mask[rows]
         config.num_return_sequences = 1
-    processors = sampling_processors(config) if config.do_sample and "logits_processor" not in model_kwargs else None
-    if processors is not None:  # sample by inverse CDF inside a greedy search (see InverseCDFSampler)
-        config.do_sample = False
-        config.temperature = config.top_p = config.top_k = config.min_p = None
-        model_kwargs["logits_processor"] = processors
+    if "logits_processor" not in model_kwargs:  # sample by inverse CDF inside a greedy search (InverseCDFSampler)
+        processors = inverse_cdf_sampling(config)
+        if processors is not None:
+            model_kwargs["logits_processor"] = processors
     generated = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **model_kwargs
     )
