@@ -54,6 +54,10 @@ def main(out_path: str, cache_dir: str) -> None:
     if state.is_main_process:
         with open(out_path, "w") as f:
             json.dump(result, f)
+    # Tear the gloo group down before the interpreter exits: left to the garbage collector, its worker threads were
+    # once destroyed while still joinable (a rare SIGABRT, "terminate called without an active exception", in CI).
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_two_processes_give_the_single_process_rewards_and_metrics(minilm, tmp_p
         str(Path(__file__).parent / "distributed_rewards.py"), str(out), str(tmp_path / "cache"),
     ]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, f"result written: {out.exists()}\n{run.stderr[-3000:]}"
     result = json.loads(out.read_text())
     assert result["num_processes"] == 2
     # The corpus was embedded once: one rank wrote the cache, the other loaded it.
