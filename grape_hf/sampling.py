@@ -31,7 +31,8 @@ from .rewriter_folder import (
     sampling_processors,
 )
 
-__all__ = ["InverseCDFSampler", "ScoreRecorder", "packed_group_logps", "sampling_processors", "shared_prefix_generate",
+__all__ = ["GROUPED_DECODE_ATTENTION", "InverseCDFSampler", "ScoreRecorder", "grouped_decode_attention",
+           "packed_group_logps", "register_grouped_decode_attention", "sampling_processors", "shared_prefix_generate",
            "shared_prompt_logps", "unique_rows"]  # fmt: skip
 
 
@@ -164,23 +165,32 @@ def shared_prompt_logps(
 
 
 def packed_group_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float = 1.0,
+    compute_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[`shared_prompt_logps`] without padding: each group's completions packed after its prompt in one sequence.
 
     Rows with the same prompt become one sequence: the prompt's tokens, then each row's completion up to its mask's
     end, with a block mask (a completion sees the prompt and its own earlier tokens) and the positions a plain
     forward of the row would give. Completions shorter than the batch's longest cost nothing, and the prompt is
-    computed once. Needs a model that accepts a 4-D additive attention mask (transformers' eager and SDPA
-    attention). Log-probabilities past a row's completion mask are 0, and its logits there are 0.
+    computed once. The output layer and the softmax run only from the first prompt's last token on, once per packed
+    position, and the per-row values are gathered from there (no `(rows, logits_to_keep, vocabulary)` tensor).
+    Needs a model that accepts a 4-D additive attention mask (transformers' eager and SDPA attention).
+
+    Returns the log-probabilities, 0 past a row's completion mask, and with `compute_entropy` the entropy of each
+    predicted distribution (as TRL's `entropy_from_logits`, differentiable, 0 past the mask), else None.
 
     Example:
     ```python
     >>> from grape_hf.sampling import packed_group_logps
-    >>> logps, logits = packed_group_logps(model, input_ids, attention_mask, logits_to_keep=32)  # doctest: +SKIP
+    >>> logps, entropies = packed_group_logps(model, input_ids, attention_mask, 32, compute_entropy=True)  # doctest: +SKIP
     ```
     """
-    from trl.trainer.utils import selective_log_softmax
+    from trl.trainer.utils import entropy_from_logits
 
     rows, total = input_ids.shape
     prompt_length = total - logits_to_keep
@@ -234,14 +244,76 @@ def packed_group_logps(
     mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min
     )
-    logits = model(input_ids=packed, attention_mask=mask[:, None], position_ids=packed_positions).logits
-
-    # Completion token j of a row is predicted at its prompt's last token (j = 0) or at its own token j - 1.
+    # Completion token j of a row is predicted at its prompt's last token (j = 0) or at its own token j - 1; nothing
+    # before the earliest prompt end is needed.
     prompt_ends = torch.tensor(prompt_ends, device=input_ids.device)
+    first = int(prompt_ends.min())
+    logits = model(
+        input_ids=packed, attention_mask=mask[:, None], position_ids=packed_positions, logits_to_keep=length - first
+    ).logits
+    logits = logits.float() / temperature  # (groups, length - first, vocabulary)
     source = torch.where(positions_in_row[None, :] == 0, prompt_ends[inverse][:, None],
                          starts[:, None] + positions_in_row[None, :] - 1)  # fmt: skip
-    source = torch.where(completion_mask, source, prompt_ends[inverse][:, None])
-    selected = logits[inverse[:, None], source] / temperature
-    selected = selected * completion_mask[..., None]
-    logps = selective_log_softmax(selected, input_ids[:, prompt_length:]) * completion_mask
-    return logps, selected
+    source = torch.where(completion_mask, source, prompt_ends[inverse][:, None]) - first
+    group = inverse[:, None].expand_as(source)
+    token_logits = logits[group, source, input_ids[:, prompt_length:]]
+    logps = (token_logits - torch.logsumexp(logits, dim=-1)[group, source]) * completion_mask
+    entropies = entropy_from_logits(logits)[group, source] * completion_mask if compute_entropy else None
+    return logps, entropies
+
+
+GROUPED_DECODE_ATTENTION = "grape_grouped_sdpa"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA attention that decodes grouped-query models without repeating the cache.
+
+    Under SDPA with a padding mask, `transformers` repeats each key/value head for its query heads (`repeat_kv`)
+    before every call, so each decoding step copies the whole cache `num_key_value_groups` times (on a CPU, half of a
+    decoding step's attention time). A single new token needs no copy: the query heads that share a key/value head
+    are laid out as that head's "query positions", one SDPA call over the cache as stored. Prefill and any step
+    with more than one query position go to `transformers`' own SDPA path. Register it with
+    [`register_grouped_decode_attention`].
+
+    Example:
+    ```python
+    >>> from transformers import AutoModelForCausalLM
+    >>> from grape_hf.sampling import register_grouped_decode_attention
+    >>> name = register_grouped_decode_attention()
+    >>> model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=name)  # doctest: +SKIP
+    ```
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or kwargs.get("output_attentions", False) or (module.training and dropout):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    # Query head h attends with key/value head h // groups (repeat_kv's layout): (batch, kv_heads, groups, dim).
+    grouped = query.reshape(batch, key.shape[1], groups, dim)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, -1:, : key.shape[2]]  # (batch, 1, 1, kv_len) broadcasts over groups
+    out = torch.nn.functional.scaled_dot_product_attention(
+        grouped, key, value, attn_mask=attention_mask, scale=scaling
+    )
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def register_grouped_decode_attention() -> str:
+    """Register [`grouped_decode_attention`] with `transformers` (attention and mask) and return its name, to pass as
+    `attn_implementation`.
+
+    Example:
+    ```python
+    >>> from grape_hf.sampling import register_grouped_decode_attention
+    >>> register_grouped_decode_attention()
+    'grape_grouped_sdpa'
+    ```
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+    if GROUPED_DECODE_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(GROUPED_DECODE_ATTENTION, grouped_decode_attention)
+        AttentionMaskInterface.register(GROUPED_DECODE_ATTENTION, eager_mask)
+    return GROUPED_DECODE_ATTENTION

@@ -20,6 +20,7 @@ a contiguous input ([`contiguous_lm_head_inputs`]).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -198,15 +199,23 @@ class MergedSampler:
     ```
     """
 
-    def __init__(self, policy, dtype: torch.dtype = torch.bfloat16, attn_implementation: str = "sdpa"):
+    def __init__(self, policy, dtype: torch.dtype = torch.bfloat16, attn_implementation: str | None = None):
         from transformers import AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        from .sampling import register_grouped_decode_attention
 
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        # SDPA whatever the policy uses: decoding one token over a cache is where its fused kernel pays (eager
-        # attention copies the repeated keys and values every step).
-        self.model = AutoModelForCausalLM.from_config(
-            base.config, dtype=dtype, attn_implementation=attn_implementation
-        )
+        # SDPA whatever the policy uses, decoding grouped-query heads over the cache as stored: decoding one token is
+        # where the fused kernel pays, and where eager attention or SDPA's `repeat_kv` copy the whole cache per step.
+        # A copy of the config: `from_config` writes the attention implementation into the config it is given, which
+        # would switch the policy's own attention too.
+        with no_init_weights():  # every weight is overwritten by `sync` below
+            self.model = AutoModelForCausalLM.from_config(
+                copy.deepcopy(base.config),
+                dtype=dtype,
+                attn_implementation=attn_implementation or register_grouped_decode_attention(),
+            )
         self.model = self.model.to(base.device).eval()
         self.model.generation_config = base.generation_config
         self.synced_step: int | None = None
@@ -333,12 +342,18 @@ class GRAPETrainer(GRPOTrainer):
 
         from .sampling import packed_group_logps, shared_prompt_logps
 
-        forward = packed_group_logps if packed else shared_prompt_logps
         batch_size = batch_size or input_ids.size(0)
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
-            logps, logits = forward(model, input_ids[rows], attention_mask[rows], logits_to_keep, self.temperature)
+            args = (model, input_ids[rows], attention_mask[rows], logits_to_keep, self.temperature)
+            if packed:  # entropies from the packed positions' logits, kept differentiable only for the bonus
+                logps, entropies = packed_group_logps(*args, compute_entropy=compute_entropy)
+                all_logps.append(logps)
+                if compute_entropy:
+                    all_entropies.append(entropies if self._entropy_bonus_enabled else entropies.detach())
+                continue
+            logps, logits = shared_prompt_logps(*args)
             all_logps.append(logps)
             if compute_entropy:
                 if self._entropy_bonus_enabled:

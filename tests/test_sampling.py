@@ -11,12 +11,13 @@ def prompts(tokenizer, repeats):
     return [ids[i] for i in repeats]
 
 
-def plain_logps(model, input_ids, attention_mask, logits_to_keep):
-    """TRL's GRPO forward: the whole rows, the last `logits_to_keep` next-token log-probabilities."""
-    from trl.trainer.utils import selective_log_softmax
+def plain_logps(model, input_ids, attention_mask, logits_to_keep, entropy=False):
+    """TRL's GRPO forward: the whole rows, the last `logits_to_keep` next-token log-probabilities (and entropies)."""
+    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1).logits
-    return selective_log_softmax(logits[:, :-1, :], input_ids[:, -logits_to_keep:])
+    logps = selective_log_softmax(logits[:, :-1, :], input_ids[:, -logits_to_keep:])
+    return (logps, entropy_from_logits(logits[:, :-1, :])) if entropy else logps
 
 
 def test_shared_prompt_logps_equal_the_plain_forward_with_gradients(tiny_llama_dir, lora_policy):
@@ -133,15 +134,18 @@ def test_packed_group_logps_equal_the_plain_forward_with_gradients(tiny_llama_di
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         keep = completion_mask.bool()
 
-        expected = plain_logps(policy, input_ids, attention_mask, 5)
+        expected, expected_entropy = plain_logps(policy, input_ids, attention_mask, 5, entropy=True)
         expected[keep].sum().backward()
         expected_grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
         policy.zero_grad()
 
-        logps, logits = packed_group_logps(policy, input_ids, attention_mask, 5)
-        assert logps.shape == (6, 5) and logits.shape[:2] == (6, 5)
+        logps, entropies = packed_group_logps(policy, input_ids, attention_mask, 5, compute_entropy=True)
+        assert logps.shape == (6, 5) and entropies.shape == (6, 5)
         assert torch.allclose(logps[keep], expected[keep], atol=1e-5), attention
+        assert torch.allclose(entropies[keep], expected_entropy[keep].detach(), atol=1e-5), attention
         assert torch.equal(logps[~keep], torch.zeros_like(logps[~keep]))
+        assert torch.equal(entropies[~keep], torch.zeros_like(entropies[~keep]))
+        assert packed_group_logps(policy, input_ids, attention_mask, 5)[1] is None
         logps.sum().backward()
         for name, param in policy.named_parameters():
             if param.requires_grad:

@@ -85,6 +85,14 @@ def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
             trainer.model, input_ids, attention_mask, 3, compute_entropy=True
         )
     assert torch.allclose(shared[0], plain[0], atol=1e-5) and torch.allclose(shared[1], plain[1], atol=1e-4)
+    trainer.args.pack_completions = True  # and so does the packed one
+    with torch.no_grad():
+        packed = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, 3,
+                                                            compute_entropy=True)  # fmt: skip
+    assert torch.allclose(packed[0], plain[0], atol=1e-5) and torch.allclose(packed[1], plain[1], atol=1e-4)
+    # The sampler decodes with its own attention; the policy keeps the one it was loaded with.
+    assert sampler.model.config._attn_implementation == "grape_grouped_sdpa"
+    assert trainer.model.config._attn_implementation == "sdpa"
 
 
 def test_grape_config_refuses_bad_settings():

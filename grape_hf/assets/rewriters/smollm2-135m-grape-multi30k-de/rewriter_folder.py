@@ -204,15 +204,24 @@ class InverseCDFSampler:
         self.logps: list[torch.Tensor] = []
 
     def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
-        cdf = scores.float().softmax(-1).cumsum(-1)
+        # Unnormalised: exp(scores - max), summed up; the draw scales u by the total instead of normalising.
+        shift = scores.amax(-1, keepdim=True).float()
+        cdf = torch.sub(scores, shift, out=torch.empty_like(scores, dtype=torch.float32)).exp_()
+        cdf = torch.cumsum(cdf, -1, out=cdf)
+        total = cdf[:, -1:]
         # u in (0, total]: the leftmost index with cdf >= u always has a positive probability.
-        u = (1.0 - torch.rand(cdf.size(0), 1, device=cdf.device)) * cdf[:, -1:]
+        u = (1.0 - torch.rand(cdf.size(0), 1, device=cdf.device)) * total
         tokens = torch.searchsorted(cdf, u).clamp_(max=scores.size(-1) - 1)
         if self.recorder is not None:  # log-probability of the drawn token under the recorded scores
-            recorded = self.recorder.scores.float()
-            self.logps.append((recorded.gather(1, tokens) - recorded.logsumexp(-1, keepdim=True)).squeeze(1))
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, tokens, 0.0)
+            recorded = self.recorder.scores
+            if recorded is scores:  # no warper after the recorder: reuse this step's normaliser
+                logps = scores.gather(1, tokens).float() - shift - total.log()
+            else:
+                recorded = recorded.float()
+                logps = recorded.gather(1, tokens) - recorded.logsumexp(-1, keepdim=True)
+            self.logps.append(logps.squeeze(1))
+        # A new tensor: `generate` may keep `scores` itself (output_logits).
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
 
 def sampling_processors(generation_config):
