@@ -88,7 +88,15 @@ def main() -> None:
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--eval_queries", type=int, default=0, help="Val queries evaluated (0: all 1,014).")
     parser.add_argument("--stages", nargs="+", default=["sft", "distill", "rank", "similarity"])
+    parser.add_argument("--variant", default=None,
+                        help="Train the GRPO stages as a named variant (own folders grpo-<reward>-<variant>, methods "
+                             "grape_rank_<variant> / grpo_similarity_<variant>) with --grpo_args on top of the sizes.")  # fmt: skip
+    parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
+                        help="Recipe overrides for the GRPO stages, e.g. --grpo_args --temperature 0.7 --max_steps 400 "
+                             "(must come last).")  # fmt: skip
     args = parser.parse_args()
+    if args.grpo_args and not args.variant:
+        parser.error("--grpo_args changes what the GRPO stages train: name the run with --variant.")
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = Path(args.output_dir or REPO / "outputs" / f"multi30k_rank_supervision{tag}")
@@ -145,20 +153,23 @@ def main() -> None:
         log(f"oracle_best_of_8: {results['oracle_best_of_8']} ({time.time() - t:.0f} s)")
         save()
 
+    suffix = f"_{args.variant}" if args.variant else ""
     for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
         if reward not in args.stages:
             continue
-        folder = run_stage("grpo", out / f"grpo-{reward}", ["--init_rewriter", str(start), "--reward_funcs", reward,
-                                                             "--evaluate_before_after", "false", *sizes["grpo"]])  # fmt: skip
-        evaluate(name, str(folder), train_cpu_minutes=minutes(folder), started_from=started_from)
-        curves[f"GRPO {reward}"] = json.loads((folder / "curves.json").read_text())
-        if reward == "rank":  # the room left to the final rank-supervised policy, before the comparison run
+        folder = run_stage("grpo", out / f"grpo-{reward}{suffix.replace('_', '-')}",
+                           ["--init_rewriter", str(start), "--reward_funcs", reward, "--evaluate_before_after", "false",
+                            *sizes["grpo"], *args.grpo_args])  # fmt: skip
+        info = {"grpo_args": args.grpo_args} if args.grpo_args else {}
+        evaluate(name + suffix, str(folder), train_cpu_minutes=minutes(folder), started_from=started_from, **info)
+        curves[f"GRPO {reward}{suffix}"] = json.loads((folder / "curves.json").read_text())
+        if reward == "rank" and not args.variant:  # the room left to the final rank-supervised policy
             oracle_best_of_8(folder)
     if "rank" not in args.stages:
         oracle_best_of_8(start)
     log("\n" + markdown_table(results))
     if curves:
-        plot_curves(curves, RESULTS / f"multi30k_de_rank_supervision{tag}_curves.png",
+        plot_curves(curves, RESULTS / f"multi30k_de_rank_supervision{tag}{suffix}_curves.png",
                     title="Multi30k de→en: GRPO from the best earlier stage")  # fmt: skip
 
 
