@@ -34,7 +34,7 @@ CONFIGS = {
 SETTINGS = ("per_device_train_batch_size", "num_generations", "steps_per_generation", "generation_batch_size",
             "max_completion_length", "bf16", "gradient_checkpointing", "merged_generation", "generation_dtype",
             "learning_rate", "seed", "shared_prompt_forward", "old_logps_from_sampler", "group_batches",
-            "contiguous_lm_head_inputs")  # fmt: skip
+            "contiguous_lm_head_inputs", "pack_completions")  # fmt: skip
 
 
 def run(name: str, steps: int, output_dir: Path) -> dict:

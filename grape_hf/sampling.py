@@ -269,11 +269,12 @@ def grouped_decode_attention(module, query, key, value, attention_mask, dropout=
     """SDPA attention that decodes grouped-query models without repeating the cache.
 
     Under SDPA with a padding mask, `transformers` repeats each key/value head for its query heads (`repeat_kv`)
-    before every call, so each decoding step copies the whole cache `num_key_value_groups` times (on a CPU, half of a
-    decoding step's attention time). A single new token needs no copy: the query heads that share a key/value head
-    are laid out as that head's "query positions", one SDPA call over the cache as stored. Prefill and any step
-    with more than one query position go to `transformers`' own SDPA path. Register it with
-    [`register_grouped_decode_attention`].
+    before every call, so each decoding step copies the whole cache `num_key_value_groups` times (SmolLM2 on a 2-core
+    CPU, 64 rows, ~100 cached positions: 1.8-2.8 ms a layer, against 0.6-0.8 ms without the copy). A single new token
+    needs no copy: the query heads that share a key/value head are laid out as that head's "query positions", one
+    SDPA call over the cache as stored. Prefill and any step with more than one query position go to
+    `transformers`' own SDPA path. Register it with [`register_grouped_decode_attention`]; its mask is the additive
+    (eager) one.
 
     Example:
     ```python
