@@ -156,3 +156,26 @@ def test_packed_group_logps_equal_the_plain_forward_with_gradients(tiny_llama_di
     holes[1, -3] = 0
     with pytest.raises(ValueError, match="ones then zeros"):
         packed_group_logps(policy, input_ids, holes, 5)
+
+
+def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grape_hf.sampling import _left_pad, register_grouped_decode_attention
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
+    grouped = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, attn_implementation=register_grouped_decode_attention()
+    ).eval()
+    assert grouped.config.num_key_value_heads < grouped.config.num_attention_heads  # the case it exists for
+    input_ids, attention_mask = _left_pad(prompts(tokenizer, [0, 1, 2]), tokenizer.pad_token_id, "cpu")  # padded
+    settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    with torch.no_grad():
+        expected = sdpa.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        got = grouped.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+    assert torch.equal(got.sequences, expected.sequences)
+    for a, b in zip(got.scores, expected.scores):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert register_grouped_decode_attention() == "grape_grouped_sdpa"  # registering twice is harmless
