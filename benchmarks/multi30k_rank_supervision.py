@@ -81,6 +81,7 @@ def main() -> None:
     from grape_hf.evaluation import evaluate_retrieval, markdown_table, plot_curves
     from grape_hf.metrics import retrieval_metrics
     from grape_hf.models import SMOLLM2_ID, cache_home
+    from grape_hf.rewriter import shipped_rewriter_path
     from grape_hf.runs import stage_minutes as minutes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +95,10 @@ def main() -> None:
     parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
                         help="Recipe overrides for the GRPO stages, e.g. --grpo_args --temperature 0.7 --max_steps 400 "
                              "(must come last).")  # fmt: skip
+    parser.add_argument("--ship", default=None, metavar="METHOD",
+                        help="After the stages, ship METHOD's rewriter (e.g. grape_rank or grape_rank_<variant>) as "
+                             "grape_hf's smollm2-135m-grape-multi30k-de, if it beats the one shipped now on the same "
+                             "queries. Regenerate the Space's examples after: python spaces/make_examples.py captions")  # fmt: skip
     args = parser.parse_args()
     if args.grpo_args and not args.variant:
         parser.error("--grpo_args changes what the GRPO stages train: name the run with --variant.")
@@ -167,10 +172,83 @@ def main() -> None:
             oracle_best_of_8(folder)
     if "rank" not in args.stages:
         oracle_best_of_8(start)
+    if args.ship:
+        shipped = shipped_rewriter_path(SHIPPED)
+        evaluate("previously_shipped", str(shipped), commit=_shipped_commit(shipped))
+        ship(args.ship, out, results, out / "shipped" if args.quick else shipped.parent, len(queries), len(val.corpus))
     log("\n" + markdown_table(results))
     if curves:
         plot_curves(curves, RESULTS / f"multi30k_de_rank_supervision{tag}{suffix}_curves.png",
                     title="Multi30k de→en: GRPO from the best earlier stage")  # fmt: skip
+
+
+SHIPPED = "smollm2-135m-grape-multi30k-de"
+
+
+def _shipped_commit(folder: Path) -> str:
+    """The commit that last changed the shipped rewriter's weights (what "previously_shipped" was)."""
+    import subprocess
+
+    weights = folder / "adapter" / "adapter_model.safetensors"
+    run = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(weights)], cwd=REPO, capture_output=True,
+                         text=True)  # fmt: skip
+    return run.stdout.strip() or "unknown"
+
+
+def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: int, corpus_size: int) -> None:
+    """Copy METHOD's rewriter folder into the package as SHIPPED, with every stage's numbers on its card, if it beats
+    the rewriter shipped now (R@10 on the same queries)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from grape_hf.hub import build_model_card
+    from grape_hf.metrics import METRICS
+    from grape_hf.rewriter_folder import RewriterConfig, remote_code_files
+
+    if method not in results or not method.startswith("grape_rank"):
+        raise SystemExit(f"--ship {method!r}: ship a GRPO rank stage that was evaluated ({sorted(results)}).")
+    new, old = results[method]["R@10"], results["previously_shipped"]["R@10"]
+    if new <= old:
+        log(f"not shipped: {method} R@10 {new} does not beat the shipped rewriter's {old}")
+        return
+    variant = method.removeprefix("grape_rank").removeprefix("_")
+    folder = out / ("grpo-rank" + (f"-{variant}" if variant else ""))
+    dest = dest_root / SHIPPED
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("checkpoint-*", "ref", "curves.*", "trainer", "eval"))
+    for name, source in remote_code_files().items():  # the modules as they are now, not as the stage saved them
+        shutil.copyfile(source, dest / name)
+    weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
+    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
+    config = RewriterConfig.load(dest)
+    stages = results[method].get("grpo_args", [])
+    config.dataset = "Multi30k task2 (German description 1 -> English description 1 of the same image)"
+    config.corpus = "Multi30k task2 train, English description 1 of 5,000 images"
+    config.training.pop("init_rewriter", None)
+    config.training.update(
+        stages=["warm_start (grape_hf.sft)", "self_distillation (grape_hf.distill)", "grape_rank (grape_hf.grpo)"],
+        command="python benchmarks/multi30k_rank_supervision.py"
+        + (f" --variant {variant} --grpo_args {' '.join(stages)}" if variant else "")
+        + f" --ship {method}",
+        stage_sizes=FULL,
+        results="benchmarks/results/multi30k_de_rank_supervision.json",
+    )
+    config.evaluation = {
+        "before": {m: results["german_as_is"][m] for m in METRICS},
+        "zero_shot": {m: results["zero_shot"][m] for m in METRICS},
+        "warm_start": {m: results["warm_start"][m] for m in METRICS},
+        "self_distillation": {m: results["self_distillation"][m] for m in METRICS},
+        "after": {m: results[method][m] for m in METRICS},
+        "previously_shipped": {m: results["previously_shipped"][m] for m in METRICS},
+        "split": "validation",
+        "dataset": "Multi30k task2 val",
+        "num_queries": num_queries,
+        "corpus_size": corpus_size,
+    }
+    config.save(dest)
+    build_model_card(config, is_adapter=True).save(dest / "README.md")
+    log(f"shipped {method} ({new} against {old}) to {dest}")
 
 
 if __name__ == "__main__":

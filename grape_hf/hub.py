@@ -142,6 +142,12 @@ def build_model_card(
                         metric_value=float(values[key]),
                     )
                 )
+    # Other policies evaluated on the same queries (earlier training stages, a previous version), in recorded order.
+    stage_rows = [
+        (stage, [_fmt(values.get(key)) for key in CARD_NAMES])
+        for stage, values in evaluation.items()
+        if stage not in ("before", "zero_shot", "after") and isinstance(values, dict) and set(values) & set(CARD_NAMES)
+    ]
     tags = ["grape", "query-rewriting", "retrieval", "trl", "grpo"] + (["peft", "lora"] if is_adapter else [])
     card_data = ModelCardData(
         model_name=name,
@@ -172,6 +178,8 @@ def build_model_card(
         training=config.get("training") or {},
         evaluation=evaluation,
         evaluation_rows=rows,
+        stage_rows=stage_rows,
+        metric_names=list(CARD_NAMES),
         has_zero_shot=bool(zero_shot),
         example_query=_literal(_EXAMPLE_QUERIES.get(shift or "", _EXAMPLE_QUERIES["multilingual"])),
         example_reference=_literal("a brown dog runs on the grass") if "{reference}" in prompt["user"] else None,

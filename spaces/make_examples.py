@@ -1,6 +1,7 @@
 """Choose the Space's one-click examples: held-out queries whose greedy rewrite improves the target's rank.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 python spaces/make_examples.py   # writes spaces/examples.json (~10 min on 2 CPUs)
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python spaces/make_examples.py captions   # only that track (a new rewriter)
 
 For each shift it rewrites a seeded sample of held-out queries (shapes world seed 1; Multi30k val) with the rewriter
 the Space serves and keeps those whose target rank improved most. The browser test clicks the first example of each
@@ -22,10 +23,17 @@ CANDIDATES = {"multilingual": 48, "long_form": 24, "composed": 40, "captions": 6
 KEEP = {"multilingual": 4, "long_form": 2, "composed": 3, "captions": 4}
 
 
-def main() -> None:
+def main(shifts: list[str]) -> None:
+    unknown = sorted(set(shifts) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"Unknown track(s) {unknown}; choose from {sorted(CANDIDATES)}.")
+    path = Path(__file__).with_name("examples.json")
+    # Tracks not asked for keep their examples.
+    examples = json.loads(path.read_text(encoding="utf-8")) if shifts and path.is_file() else {}
     engine = SpaceEngine()
-    examples = {}
     for shift, candidates in CANDIDATES.items():
+        if shifts and shift not in shifts:
+            continue
         start = time.time()
         picked = pick_examples(engine, shift, KEEP[shift], candidates)
         examples[shift] = [
@@ -39,10 +47,10 @@ def main() -> None:
         print(f"{shift}: {candidates} candidates in {time.time() - start:.0f} s", flush=True)
         for row in examples[shift]:
             print(f"  {row['rank_before']} -> {row['rank_after']}: {row['query'][:70]!r} -> {row['rewrite'][:70]!r}")
-    path = Path(__file__).with_name("examples.json")
+    examples = {shift: examples[shift] for shift in CANDIDATES if shift in examples}
     path.write_text(json.dumps(examples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

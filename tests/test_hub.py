@@ -115,6 +115,19 @@ def test_card_shows_the_zero_shot_rewriter_when_recorded():
     evaluation = {**EVALUATION, "zero_shot": {"R@1": 0.25, "MRR": 0.35}}
     text = build_model_card(rewriter_config("HuggingFaceTB/SmolLM2-135M-Instruct", evaluation=evaluation)).text
     assert "| R@1 | 0.2120 | 0.2500 | 0.3050 |" in text and "| R@5 | 0.4330 | – | 0.5620 |" in text
+    assert "Other policies on the same queries" not in text
+
+
+def test_card_lists_the_earlier_stages_on_the_same_queries():
+    from grape_hf.hub import build_model_card
+
+    evaluation = {**EVALUATION, "warm_start": {"R@1": 0.25, "R@10": 0.5}, "self_distillation": {"R@10": 0.55}}
+    card = build_model_card(rewriter_config("HuggingFaceTB/SmolLM2-135M-Instruct", evaluation=evaluation))
+    assert "| Policy | R@1 | R@5 | R@10 | MRR | nDCG@10 |" in card.text
+    assert "| warm_start | 0.2500 | – | 0.5000 | – | – |" in card.text
+    assert "| self_distillation | – | – | 0.5500 | – | – |" in card.text
+    # Only before/after go to the model-index: the stages are shown, not reported as this model's results.
+    assert len(card.data.eval_results) == 10
 
 
 def test_upload_folder_of_a_full_model(trained, tmp_path):
