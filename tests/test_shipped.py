@@ -1,4 +1,4 @@
-"""The rewriter shipped inside grape_hf (trained by benchmarks/multi30k_de.py at commit d267acd) loads offline in one line."""
+"""The rewriters shipped inside grape_hf (the Multi30k one by benchmarks/multi30k_rank_supervision.py --ship) load offline in one line."""
 
 import json
 from pathlib import Path
@@ -12,7 +12,8 @@ def test_shipped_multi30k_rewriter_is_self_describing():
     path = shipped_rewriter_path("smollm2-135m-grape-multi30k-de")
     meta = json.loads((path / "grape_rewriter.json").read_text())
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert meta["retriever"] == "sentence-transformers:all-MiniLM-L6-v2" and meta["reward"] == "rank"
+    assert meta["retriever"] == "sentence-transformers:all-MiniLM-L6-v2" and meta["reward"] in ("rank", "shaped_rank")
+    assert meta["evaluation"]["after"]["R@10"] > meta["evaluation"]["previously_shipped"]["R@10"]
     assert {"before", "after", "warm_start"} <= set(meta["evaluation"])
     adapter = json.loads((path / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
