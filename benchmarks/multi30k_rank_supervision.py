@@ -202,9 +202,9 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
 
     from safetensors.torch import load_file, save_file
 
-    from grape_hf.hub import build_model_card
+    from grape_hf.hub import build_model_card, build_upload_folder
     from grape_hf.metrics import METRICS
-    from grape_hf.rewriter_folder import RewriterConfig, remote_code_files
+    from grape_hf.rewriter_folder import RewriterConfig
 
     if method not in results or not method.startswith("grape_rank"):
         raise SystemExit(f"--ship {method!r}: ship a GRPO rank stage that was evaluated ({sorted(results)}).")
@@ -216,9 +216,7 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     folder = out / ("grpo-rank" + (f"-{variant}" if variant else ""))
     dest = dest_root / SHIPPED
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("checkpoint-*", "ref", "curves.*", "trainer", "eval"))
-    for name, source in remote_code_files().items():  # the modules as they are now, not as the stage saved them
-        shutil.copyfile(source, dest / name)
+    build_upload_folder(folder, dest)  # what a Hub push would hold: no checkpoints, the current remote-code modules
     weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
     save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
     config = RewriterConfig.load(dest)
