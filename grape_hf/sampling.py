@@ -273,8 +273,7 @@ def grouped_decode_attention(module, query, key, value, attention_mask, dropout=
     CPU, 64 rows, ~100 cached positions: 1.8-2.8 ms a layer, against 0.6-0.8 ms without the copy). A single new token
     needs no copy: the query heads that share a key/value head are laid out as that head's "query positions", one
     SDPA call over the cache as stored. Prefill and any step with more than one query position go to
-    `transformers`' own SDPA path. Register it with [`register_grouped_decode_attention`]; its mask is the additive
-    (eager) one.
+    `transformers`' own SDPA path. Register it with [`register_grouped_decode_attention`].
 
     Example:
     ```python
@@ -312,9 +311,9 @@ def register_grouped_decode_attention() -> str:
     ```
     """
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
     if GROUPED_DECODE_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register(GROUPED_DECODE_ATTENTION, grouped_decode_attention)
-        AttentionMaskInterface.register(GROUPED_DECODE_ATTENTION, eager_mask)
+        AttentionMaskInterface.register(GROUPED_DECODE_ATTENTION, sdpa_mask)
     return GROUPED_DECODE_ATTENTION
