@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
                         help="Recipe overrides for the GRPO stages, e.g. --grpo_args --temperature 0.7 --max_steps 400 "
                              "(must come last).")  # fmt: skip
+    parser.add_argument("--start_from", default=None, metavar="METHOD",
+                        help="Start the GRPO stages of a --variant from METHOD's rewriter instead of the latest "
+                             "earlier stage, e.g. grape_rank_shaped (a GRPO stage of this output_dir) to train on.")  # fmt: skip
     parser.add_argument("--ship", default=None, metavar="METHOD",
                         help="After the stages, ship METHOD's rewriter (e.g. grape_rank or grape_rank_<variant>) as "
                              "grape_hf's smollm2-135m-grape-multi30k-de, if it beats the one shipped now on the same "
@@ -102,6 +105,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.grpo_args and not args.variant:
         parser.error("--grpo_args changes what the GRPO stages train: name the run with --variant.")
+    if args.start_from and not args.variant:
+        parser.error(
+            f"--start_from {args.start_from} changes what the GRPO stages train: name the run with --variant."
+        )
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = Path(args.output_dir or REPO / "outputs" / f"multi30k_rank_supervision{tag}")
@@ -142,6 +149,8 @@ def main() -> None:
                  started_from="warm_start")  # fmt: skip
         start = distill_dir
     started_from = "self_distillation" if start != sft_dir else "warm_start"
+    if args.start_from:
+        start, started_from = _method_folder(args.start_from, out), args.start_from
     curves = {}
 
     def oracle_best_of_8(final: Path) -> None:
@@ -185,6 +194,20 @@ def main() -> None:
 SHIPPED = "smollm2-135m-grape-multi30k-de"
 
 
+def _method_folder(method: str, out: Path) -> Path:
+    """The rewriter folder of a method this script trains: grape_rank_<variant> -> out/grpo-rank-<variant>."""
+    stems = {"warm_start": "sft", "self_distillation": "distill", "grape_rank": "grpo-rank",
+             "grpo_similarity": "grpo-similarity"}  # fmt: skip
+    for prefix, stem in stems.items():
+        if method == prefix or method.startswith(prefix + "_"):
+            folder = out / (stem + method[len(prefix) :].replace("_", "-"))
+            if (folder / "grape_rewriter.json").is_file():
+                return folder
+            raise SystemExit(f"{method}: no finished stage at {folder}; train it first.")
+    raise SystemExit(f"{method}: not a method of this script; use one of {sorted(stems)} or "
+                     "grape_rank_<variant> / grpo_similarity_<variant>.")  # fmt: skip
+
+
 def _shipped_commit(folder: Path) -> str:
     """The commit that last changed the shipped rewriter's weights (what "previously_shipped" was)."""
     import subprocess
@@ -212,31 +235,33 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     if new <= old:
         log(f"not shipped: {method} R@10 {new} does not beat the shipped rewriter's {old}")
         return
-    variant = method.removeprefix("grape_rank").removeprefix("_")
-    folder = out / ("grpo-rank" + (f"-{variant}" if variant else ""))
+    folder = _method_folder(method, out)
     dest = dest_root / SHIPPED
     shutil.rmtree(dest, ignore_errors=True)
     build_upload_folder(folder, dest)  # what a Hub push would hold: no checkpoints, the current remote-code modules
     weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
     save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
     config = RewriterConfig.load(dest)
-    stages = results[method].get("grpo_args", [])
+    chain = [method]  # the stages that led to METHOD, latest first
+    while "started_from" in results[chain[-1]]:
+        chain.append(results[chain[-1]]["started_from"])
+    modules = {"warm_start": "grape_hf.sft", "self_distillation": "grape_hf.distill"}
     config.dataset = "Multi30k task2 (German description 1 -> English description 1 of the same image)"
     config.corpus = "Multi30k task2 train, English description 1 of 5,000 images"
     config.training.pop("init_rewriter", None)
     config.training.update(
-        stages=["warm_start (grape_hf.sft)", "self_distillation (grape_hf.distill)", "grape_rank (grape_hf.grpo)"],
-        command="python benchmarks/multi30k_rank_supervision.py"
-        + (f" --variant {variant} --grpo_args {' '.join(stages)}" if variant else "")
-        + f" --ship {method}",
+        stages=[f"{m} ({modules.get(m, 'grape_hf.grpo')})" for m in reversed(chain)],
+        command=" && ".join(
+            [_stage_command(m, results[m]) for m in reversed(chain) if m.startswith("grape_rank")]
+            + [f"python benchmarks/multi30k_rank_supervision.py --stages sft distill --ship {method}"]
+        ),
         stage_sizes=FULL,
         results="benchmarks/results/multi30k_de_rank_supervision.json",
     )
     config.evaluation = {
         "before": {m: results["german_as_is"][m] for m in METRICS},
         "zero_shot": {m: results["zero_shot"][m] for m in METRICS},
-        "warm_start": {m: results["warm_start"][m] for m in METRICS},
-        "self_distillation": {m: results["self_distillation"][m] for m in METRICS},
+        **{stage: {m: results[stage][m] for m in METRICS} for stage in reversed(chain[1:])},
         "after": {m: results[method][m] for m in METRICS},
         "previously_shipped": {m: results["previously_shipped"][m] for m in METRICS},
         "split": "validation",
@@ -247,6 +272,20 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     config.save(dest)
     build_model_card(config, is_adapter=True).save(dest / "README.md")
     log(f"shipped {method} ({new} against {old}) to {dest}")
+
+
+def _stage_command(method: str, info: dict) -> str:
+    """The command line that trained the GRPO stage METHOD (as recorded in its results entry)."""
+    command = "python benchmarks/multi30k_rank_supervision.py --stages sft distill rank"
+    variant = method.removeprefix("grape_rank").removeprefix("_")
+    if not variant:
+        return command
+    command += f" --variant {variant}"
+    if info.get("started_from", "self_distillation") not in ("self_distillation", "warm_start"):
+        command += f" --start_from {info['started_from']}"
+    if info.get("grpo_args"):
+        command += " --grpo_args " + " ".join(info["grpo_args"])  # REMAINDER: last on the line
+    return command
 
 
 if __name__ == "__main__":
