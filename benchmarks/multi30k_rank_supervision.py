@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
                         help="Recipe overrides for the GRPO stages, e.g. --grpo_args --temperature 0.7 --max_steps 400 "
                              "(must come last).")  # fmt: skip
+    parser.add_argument("--sft_args", nargs=argparse.REMAINDER, default=[],
+                        help="Train a warm start variant (folder sft-<variant>, method warm_start_<variant>) with these "
+                             "recipe overrides, e.g. --sft_args --max_steps 430 (must come last; not with --grpo_args).")  # fmt: skip
     parser.add_argument("--start_from", default=None, metavar="METHOD",
                         help="Start the GRPO stages of a --variant from METHOD's rewriter instead of the latest "
                              "earlier stage, e.g. grape_rank_shaped (a GRPO stage of this output_dir) to train on.")  # fmt: skip
@@ -105,6 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.grpo_args and not args.variant:
         parser.error("--grpo_args changes what the GRPO stages train: name the run with --variant.")
+    if args.sft_args and (args.grpo_args or not args.variant):
+        parser.error("--sft_args trains a named warm start variant: give --variant, and no --grpo_args.")
     if args.start_from and not args.variant:
         parser.error(
             f"--start_from {args.start_from} changes what the GRPO stages train: name the run with --variant."
@@ -142,6 +147,11 @@ def main() -> None:
     evaluate("zero_shot", SMOLLM2_ID)
     sft_dir = run_stage("sft", out / "sft", sizes["sft"])
     evaluate("warm_start", str(sft_dir), train_cpu_minutes=minutes(sft_dir))
+    if args.sft_args:  # a warm start variant, e.g. one given as many minutes as the stages after the warm start
+        folder = run_stage("sft", out / f"sft-{args.variant}", [*sizes["sft"], *args.sft_args])
+        meta = json.loads((folder / "grape_rewriter.json").read_text())["training"]
+        evaluate(f"warm_start_{args.variant}", str(folder), train_cpu_minutes=minutes(folder), sft_args=args.sft_args,
+                 eval_loss=meta.get("eval_loss"))  # fmt: skip
     start = sft_dir
     if "distill" in args.stages:
         distill_dir = run_stage("distill", out / "distill", ["--init_rewriter", str(sft_dir), *sizes["distill"]])

@@ -17,6 +17,8 @@ config_shapes.yaml`) with the shift's few-shot prompt:
 
     python benchmarks/shapes_grape.py --quick        # tiny sizes: checks the pipeline in minutes
     python benchmarks/shapes_grape.py --ship         # the sizes below, then ship the grape_rank rewriters
+    python benchmarks/shapes_grape.py --shifts composed --variant rr --start_from grape_rank \
+        --grpo_args --reward_funcs reciprocal_rank   # one more GRPO stage, method grape_rank_rr
 
 Stages are cached in --output_dir (finished stages are reused, GRPO resumes from its last checkpoint). Writes
 benchmarks/results/shapes{,_quick}.json (shift → method → metric → value), shapes_grape{,_quick}.md, and the R@10
@@ -159,9 +161,12 @@ def load_retriever_tokenizer():
     return open_clip.get_tokenizer(RETRIEVER.split(":", 1)[1].split("@")[0])
 
 
-def run_shift(shift: str, folder: Path, sizes: dict, results: dict, save, retriever) -> dict:
+def run_shift(
+    shift: str, folder: Path, sizes: dict, results: dict, save, retriever, variant: dict | None = None
+) -> dict:
     """Every method of one shift, each evaluated on its validation queries as soon as it exists (cached in
-    `results`); returns the GRPO runs' curves."""
+    `results`); returns the GRPO runs' curves. `variant` (`name`, `start_from`, `grpo_args`) adds one more GRPO
+    stage, `grpo-<name>`, evaluated as `grape_rank_<name>`."""
     import torch
 
     from grape_hf import CLIPRankScorer, QueryRewriter
@@ -223,6 +228,14 @@ def run_shift(shift: str, folder: Path, sizes: dict, results: dict, save, retrie
                          "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
         evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
         curves[reward] = json.loads((run / "curves.json").read_text())
+    if variant:
+        start = stage_folder(variant["start_from"], folder)
+        run = run_stage("grpo", shift, folder, folder / f"grpo-{variant['name']}",
+                        ["--init_rewriter", str(start), "--evaluate_before_after", "false", *sizes["grpo"],
+                         *own.get("grpo", []), *variant["grpo_args"]])  # fmt: skip
+        evaluate(f"grape_rank_{variant['name']}", str(run), train_cpu_minutes=minutes(run),
+                 started_from=variant["start_from"], grpo_args=variant["grpo_args"])  # fmt: skip
+        curves[variant["name"]] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
         samples = rewriter(str(folder / "grpo-rank")).rewrite(
             queries, references=references, num_rewrites=8, batch_size=8, temperature=1.0, top_k=0, top_p=1.0
@@ -235,6 +248,21 @@ def run_shift(shift: str, folder: Path, sizes: dict, results: dict, save, retrie
     return curves
 
 
+def stage_folder(method: str, folder: Path) -> Path:
+    """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
+    folder/grpo-<v>."""
+    stems = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
+    stem = stems.get(method) or (
+        f"grpo-{method.removeprefix('grape_rank_')}" if method.startswith("grape_rank_") else None
+    )
+    if stem is None:
+        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(stems)} or "
+                         "grape_rank_<variant>.")  # fmt: skip
+    if not (folder / stem / "grape_rewriter.json").is_file():
+        raise SystemExit(f"--start_from {method}: no finished stage at {folder / stem}; train it first.")
+    return folder / stem
+
+
 def main() -> None:
     import torch
 
@@ -245,7 +273,26 @@ def main() -> None:
     parser.add_argument("--output_dir", type=Path, default=None, help="Stage cache (default outputs/shapes_grape).")
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
     parser.add_argument("--ship", action="store_true", help="Ship each shift's grape_rank rewriter into the package.")
+    parser.add_argument("--variant", default=None,
+                        help="After the stages, train one more GRPO stage named VARIANT (folder grpo-VARIANT, method "
+                             "grape_rank_VARIANT) from --start_from with --grpo_args on top of the sizes.")  # fmt: skip
+    parser.add_argument(
+        "--start_from",
+        default="self_distillation",
+        metavar="METHOD",
+        help="The stage the variant starts from: self_distillation, grape_rank, grape_rank_<variant>.",
+    )
+    parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
+                        help="Recipe overrides for the variant, e.g. --grpo_args --reward_funcs reciprocal_rank "
+                             "(must come last).")  # fmt: skip
     args = parser.parse_args()
+    if args.grpo_args and not args.variant:
+        parser.error("--grpo_args changes what a GRPO stage trains: name the run with --variant.")
+    if args.variant and args.ship:
+        parser.error("--ship ships the grape_rank stages; ship a variant by hand after comparing it.")
+    variant = (
+        {"name": args.variant, "start_from": args.start_from, "grpo_args": args.grpo_args} if args.variant else None
+    )
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = args.output_dir or REPO / "outputs" / f"shapes_grape{tag}"
@@ -260,10 +307,14 @@ def main() -> None:
     retriever = load_retriever(RETRIEVER, device="cpu")
     curves = {}
     for shift in args.shifts:
-        curves[shift] = run_shift(shift, out / shift, sizes, results, save, retriever)
+        curves[shift] = run_shift(shift, out / shift, sizes, results, save, retriever, variant)
         if args.ship:
             ship(shift, out / shift, results, command, out / "shipped" if args.quick else ASSETS)
-    results["_meta"].update(command=command, retriever=RETRIEVER, direction="text -> image", rewriter="SmolLM2-135M-Instruct",
+    if variant:  # the main command stays the one that trained the stages
+        results["_meta"].setdefault("variants", {})[args.variant] = {"command": command, "shifts": args.shifts}
+    else:
+        results["_meta"]["command"] = command
+    results["_meta"].update(retriever=RETRIEVER, direction="text -> image", rewriter="SmolLM2-135M-Instruct",
                             stages=sizes, torch_threads=torch.get_num_threads())  # fmt: skip
     save()
     report(results, curves, tag)
@@ -313,6 +364,7 @@ def report(results: dict, curves: dict, tag: str) -> None:
              f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter SmolLM2-135M-Instruct.", ""]  # fmt: skip
     for shift in shifts:
         rows = {m: results[shift][m] for m in METHODS if m in results[shift]}
+        rows.update({m: v for m, v in results[shift].items() if m.startswith("grape_rank_")})
         lines += [f"## {shift}", "", markdown_table(rows), ""]
         if shift == "long_form":
             lines += [
@@ -349,7 +401,7 @@ def report(results: dict, curves: dict, tag: str) -> None:
     plt.close(fig)
     for shift, runs in curves.items():
         plot_curves({f"GRPO {r}": c for r, c in runs.items()}, RESULTS / f"shapes_grape{tag}_curves_{shift}.png",
-                    title=f"shapes {shift}: GRPO from self-distillation")  # fmt: skip
+                    title=f"shapes {shift}: GRPO stages")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ class GRAPEScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rank"],
         metadata={
-            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'similarity', 'margin', or dotted paths to functions of "
-            "RankStats."
+            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'reciprocal_rank', 'similarity', 'margin', or dotted "
+            "paths to functions of RankStats."
         },
     )
     relative_reward: bool = field(

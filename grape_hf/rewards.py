@@ -3,7 +3,7 @@
 A reward variant maps the scorer's per-completion [`~grape_hf.scorer.RankStats`] to one float per completion.
 [`GRAPERewardFunction`] wraps a variant in TRL's reward contract
 (`prompts, completions, **dataset_columns -> list[float]`) and logs retrieval metrics through TRL's `log_metric`.
-Variants are chosen by name (`rank`, `similarity`, `margin`), or by a dotted path to your own function.
+Variants are chosen by name (`rank`, `shaped_rank`, `reciprocal_rank`, `similarity`, `margin`), or by a dotted path to your own function.
 """
 
 from __future__ import annotations
@@ -74,6 +74,29 @@ def shaped_rank_reward(stats: RankStats) -> torch.Tensor:
     return torch.where(ranks <= 10, top, middle.clamp(min=0.0))
 
 
+def reciprocal_rank_reward(stats: RankStats) -> torch.Tensor:
+    r"""Reciprocal rank, the per-query term of MRR: $r = 1 / \mathrm{rank}$.
+
+    1 at rank 1, 0.5 at rank 2, 0.1 at rank 10, nearly 0 beyond. It pays the first place far above the next few,
+    where [`rank_reward`] pays rank 2 0.63 of rank 1: use it when R@1 is what counts and an easy rewrite already
+    lands in the top few (a composed query whose reference caption ranks the target 2nd–5th). Deep in the ranking it
+    gives almost no signal, so start from a policy that already reaches the top ranks. Lowest value (empty
+    completion): 0.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from grape_hf.rewards import reciprocal_rank_reward
+    >>> from grape_hf.scorer import RankStats
+    >>> stats = RankStats(ranks=torch.tensor([1, 2, 10, 1000]), target_similarity=torch.zeros(4),
+    ...                   nontarget_similarity=torch.zeros(4), topk_nontarget_similarity=torch.zeros(4), corpus_size=9000)
+    >>> [round(x, 3) for x in reciprocal_rank_reward(stats).tolist()]
+    [1.0, 0.5, 0.1, 0.001]
+    ```
+    """
+    return 1.0 / stats.ranks.float()
+
+
 def similarity_reward(stats: RankStats) -> torch.Tensor:
     r"""The naive baseline: cosine similarity to the target, $r = \cos(q, t) \in [-1, 1]$.
 
@@ -96,11 +119,18 @@ def margin_reward(stats: RankStats) -> torch.Tensor:
 REWARD_VARIANTS: dict[str, RewardVariant] = {
     "rank": rank_reward,
     "shaped_rank": shaped_rank_reward,
+    "reciprocal_rank": reciprocal_rank_reward,
     "similarity": similarity_reward,
     "margin": margin_reward,
 }
 # The reward an empty (or whitespace-only) completion gets: the variant's lowest value.
-LOWEST_REWARD: dict[str, float] = {"rank": 0.0, "shaped_rank": 0.0, "similarity": -1.0, "margin": -2.0}
+LOWEST_REWARD: dict[str, float] = {
+    "rank": 0.0,
+    "shaped_rank": 0.0,
+    "reciprocal_rank": 0.0,
+    "similarity": -1.0,
+    "margin": -2.0,
+}
 
 
 def resolve_reward_variant(reward: str | RewardVariant) -> tuple[str, RewardVariant]:
@@ -316,7 +346,7 @@ def get_reward_funcs(
     ```python
     >>> from grape_hf.rewards import REWARD_VARIANTS
     >>> sorted(REWARD_VARIANTS)
-    ['margin', 'rank', 'shaped_rank', 'similarity']
+    ['margin', 'rank', 'reciprocal_rank', 'shaped_rank', 'similarity']
     ```
     """
     if not reward_funcs:

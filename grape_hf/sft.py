@@ -44,6 +44,10 @@ class SFTScriptArguments(ScriptArguments):
     query_lang: str = field(default="de", metadata={"help": "Multi30k language of the queries."})
     rewrite_lang: str = field(default="en", metadata={"help": "Multi30k language of the rewrites."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep a seeded subset of the pairs."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Pairs of `dataset_test_split` for the eval loss (with `eval_strategy` steps or epoch)."},
+    )
     retriever: str | None = field(
         default=None, metadata={"help": "The retriever the rewriter is meant for (recorded in grape_rewriter.json)."}
     )
@@ -55,20 +59,25 @@ class SFTScriptArguments(ScriptArguments):
             raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
         if self.dataset_name is None:
             raise ValueError("dataset_name is required: a Multi30k folder, or a dataset with query/rewrite columns.")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"max_train_samples must be a positive number of pairs, got {self.max_train_samples}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of pairs, got {value}.")
 
 
-def load_pairs(script_args: SFTScriptArguments, seed: int = 0):
-    """The (query, rewrite) pairs of the warm start as a `datasets.Dataset` with `query` and `rewrite` columns."""
+def load_pairs(script_args: SFTScriptArguments, seed: int = 0, split: str | None = None):
+    """The (query, rewrite) pairs of the warm start as a `datasets.Dataset` with `query` and `rewrite` columns: the
+    `dataset_train_split` (up to `max_train_samples`), or `split` (up to `max_eval_samples`)."""
     from datasets import Dataset, load_dataset, load_from_disk
 
+    limit = script_args.max_train_samples if split is None else script_args.max_eval_samples
+    split = split or script_args.dataset_train_split
     if is_multi30k_dir(script_args.dataset_name):
         from .data import load_multi30k
 
         data = load_multi30k(
             script_args.dataset_name,
-            split=script_args.dataset_train_split,
+            split=split,
             task=script_args.multi30k_task,
             query_lang=script_args.query_lang,
             corpus_lang=script_args.rewrite_lang,
@@ -79,9 +88,9 @@ def load_pairs(script_args: SFTScriptArguments, seed: int = 0):
     else:
         path = Path(script_args.dataset_name)
         if path.is_dir() and (path / "dataset_dict.json").is_file():
-            pairs = load_from_disk(str(path))[script_args.dataset_train_split]
+            pairs = load_from_disk(str(path))[split]
         else:
-            pairs = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+            pairs = load_dataset(script_args.dataset_name, split=split)
         missing = [c for c in (script_args.query_column, script_args.rewrite_column) if c not in pairs.column_names]
         if missing:
             raise ValueError(
@@ -91,8 +100,8 @@ def load_pairs(script_args: SFTScriptArguments, seed: int = 0):
         pairs = pairs.select_columns([script_args.query_column, script_args.rewrite_column])
         pairs = pairs.rename_columns({script_args.query_column: "query", script_args.rewrite_column: "rewrite"})
     pairs = pairs.shuffle(seed=seed)
-    if script_args.max_train_samples is not None:
-        pairs = pairs.select(range(min(script_args.max_train_samples, len(pairs))))
+    if limit is not None:
+        pairs = pairs.select(range(min(limit, len(pairs))))
     return pairs
 
 
@@ -111,6 +120,11 @@ def to_sft_dataset(pairs, template: PromptTemplate):
     return pairs.map(convert, remove_columns=pairs.column_names)
 
 
+def eval_losses(log_history: list[dict]) -> list[list[float]]:
+    """`[[step, eval_loss], ...]` from a trainer's `state.log_history`: whether the warm start had stopped improving."""
+    return [[entry["step"], round(entry["eval_loss"], 4)] for entry in log_history if "eval_loss" in entry]
+
+
 def main(script_args: SFTScriptArguments, training_args, model_args):
     """Warm-start a rewriter with SFTTrainer and save it as a rewriter folder."""
     from transformers import AutoTokenizer, set_seed
@@ -119,6 +133,10 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     set_seed(training_args.seed)
     template = get_prompt_template(script_args.shift, script_args.prompt_template)
     pairs = load_pairs(script_args, seed=training_args.seed)
+    evaluates = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    eval_pairs = (
+        load_pairs(script_args, seed=training_args.seed, split=script_args.dataset_test_split) if evaluates else None
+    )
     model, tokenizer_source = load_policy(model_args, dtype=model_args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -131,6 +149,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
         model=model,
         args=training_args,
         train_dataset=to_sft_dataset(pairs, template),
+        eval_dataset=to_sft_dataset(eval_pairs, template) if eval_pairs is not None else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
@@ -148,6 +167,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
             if is_multi30k_dir(script_args.dataset_name)
             else f"{script_args.dataset_name} ({len(pairs)} pairs)",
             train_seconds=clock.seconds,
+            **({"eval_loss": eval_losses(trainer.state.log_history)} if evaluates else {}),
         )
         save_stage(trainer, tokenizer, training_args.output_dir, config, model_args)
         trainer.accelerator.print(f"Warm start saved to {training_args.output_dir}.")

@@ -37,6 +37,14 @@ def test_rank_reward_formula(scorer):
     assert reward.__name__ == "grape_rank"
 
 
+def test_reciprocal_rank_pays_the_first_place_far_above_the_next(scorer):
+    completions = ["two men play chess in a park", "a dog", "a red car drives through snow"]
+    ranks = scorer.ranks(completions, [1, 1, 1]).tolist()
+    values = GRAPERewardFunction(scorer, reward="reciprocal_rank")(completions=completions, target_id=[1, 1, 1])
+    assert values == pytest.approx([1 / r for r in ranks])
+    assert values[0] == 1.0 and all(v <= 0.5 for v in values[1:])
+
+
 def test_similarity_and_margin(scorer):
     completions = ["men playing chess", "a car"]
     stats = scorer.rank_stats(completions, [1, 1])
@@ -122,7 +130,9 @@ def test_bad_inputs(scorer):
         reward(completions=["a"], image_id=[0])
     with pytest.raises(ValueError, match="target_id 9 is outside the corpus \\(4 items\\)"):
         reward(completions=["a"], target_id=[9])
-    with pytest.raises(ValueError, match="Unknown reward 'recall'.*'margin', 'rank', 'shaped_rank', 'similarity'"):
+    with pytest.raises(
+        ValueError, match="Unknown reward 'recall'.*'margin', 'rank', 'reciprocal_rank', 'shaped_rank', 'similarity'"
+    ):
         GRAPERewardFunction(scorer, reward="recall")
     with pytest.raises(ValueError, match="Cannot import the reward function 'nowhere.fn'"):
         GRAPERewardFunction(scorer, reward="nowhere.fn")

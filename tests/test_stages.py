@@ -26,7 +26,8 @@ def warm_start(_tiny_llama, multi30k_path, tmp_path_factory):
         ["--model_name_or_path", str(_tiny_llama), *TINY_LORA, "--dataset_name", str(multi30k_path),
          "--max_train_samples", "12", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
          "4", "--learning_rate", "1e-3", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
-         "--max_length", "128", "--retriever", "sentence-transformers:all-MiniLM-L6-v2"],
+         "--max_length", "128", "--retriever", "sentence-transformers:all-MiniLM-L6-v2",
+         "--eval_strategy", "steps", "--eval_steps", "1", "--dataset_test_split", "validation", "--max_eval_samples", "4"],
     )  # fmt: skip
     main(*args)
     return out
@@ -42,6 +43,8 @@ def test_sft_saves_a_rewriter_folder_trained_on_translation_pairs(warm_start, mu
     assert meta["training"]["stage"] == "sft" and meta["training"]["stages"] == ["sft"]
     assert "12 de->en pairs" in meta["training"]["pairs"] and meta["training"]["train_seconds"] > 0
     assert meta["retriever"] == "sentence-transformers:all-MiniLM-L6-v2"
+    losses = meta["training"]["eval_loss"]  # on 4 validation pairs, after each of the 2 steps
+    assert [step for step, _ in losses] == [1, 2] and all(loss > 0 for _, loss in losses)
     pairs = load_pairs(SFTScriptArguments(dataset_name=str(multi30k_path), max_train_samples=3))
     assert pairs.column_names == ["query", "rewrite"] and len(pairs) == 3
     out = pipeline("grape-rewrite", model=str(warm_start), max_new_tokens=4)("Ein Hund rennt.")
