@@ -11,18 +11,13 @@ gets into the top 10, and a 95 % paired bootstrap interval (2,000 resamples each
 from __future__ import annotations
 
 import argparse
-import os
 import random
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))
+from multi30k_rank_supervision import MULTI30K, RETRIEVER, fast_rewriter  # same queries, retriever and loading
 
 
 def main() -> None:
-    import torch
-
-    from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
+    from grape_hf import CLIPRankScorer, load_retriever
     from grape_hf.data import load_multi30k
     from grape_hf.models import cache_home
 
@@ -30,15 +25,12 @@ def main() -> None:
     parser.add_argument("rewriters", nargs="+", help="Rewriter folders; the first is compared with each other one.")
     args = parser.parse_args()
     val = load_multi30k(MULTI30K, split="validation", task="task2", seed=0)
-    retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2")
+    retriever = load_retriever(RETRIEVER)
     scorer = CLIPRankScorer(retriever, val.corpus, cache_dir=cache_home() / "corpus_embeddings")
     queries, targets = list(val.queries["query"]), list(val.queries["target_id"])
     hits = {}
     for folder in args.rewriters:
-        rewriter = QueryRewriter.from_pretrained(folder, dtype=torch.bfloat16, max_new_tokens=32)
-        if hasattr(rewriter.model, "merge_and_unload"):
-            rewriter.model = rewriter.model.merge_and_unload()
-        texts = [r[0] for r in rewriter.rewrite(queries, batch_size=32)]
+        texts = [r[0] for r in fast_rewriter(folder).rewrite(queries, batch_size=32)]
         hits[folder] = [rank <= 10 for rank in scorer.ranks(texts, targets).tolist()]
         print(f"{folder}: R@10 {sum(hits[folder]) / len(queries):.4f}", flush=True)
     first, rng = args.rewriters[0], random.Random(0)

@@ -49,6 +49,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def fast_rewriter(source: str):
+    """A rewriter folder (or model) loaded for evaluation: bf16, any LoRA adapter merged (the fast path here)."""
+    import torch
+
+    from grape_hf import QueryRewriter
+
+    rewriter = QueryRewriter.from_pretrained(source, dtype=torch.bfloat16, max_new_tokens=32)
+    if hasattr(rewriter.model, "merge_and_unload"):
+        rewriter.model = rewriter.model.merge_and_unload()
+    return rewriter
+
+
 def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
     """Run one stage's `main` through TrlParser with its recipe config, unless its rewriter folder exists."""
     from trl import ModelConfig, SFTConfig, TrlParser
@@ -74,9 +86,8 @@ def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
 
 
 def main() -> None:
-    import torch
 
-    from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
+    from grape_hf import CLIPRankScorer, load_retriever
     from grape_hf.data import load_multi30k
     from grape_hf.evaluation import evaluate_retrieval, markdown_table, plot_curves
     from grape_hf.metrics import retrieval_metrics
@@ -132,10 +143,7 @@ def main() -> None:
         if source is None:
             texts = queries
         else:
-            rewriter = QueryRewriter.from_pretrained(source, dtype=torch.bfloat16, max_new_tokens=32)
-            if hasattr(rewriter.model, "merge_and_unload"):
-                rewriter.model = rewriter.model.merge_and_unload()
-            texts = [r[0] for r in rewriter.rewrite(queries, batch_size=32)]
+            texts = [r[0] for r in fast_rewriter(source).rewrite(queries, batch_size=32)]
         results[name] = {**evaluate_retrieval(scorer, texts, targets), **info}
         log(f"{name}: {results[name]} ({time.time() - t:.0f} s)")
         save()
@@ -167,10 +175,9 @@ def main() -> None:
         if "oracle_best_of_8" in results:
             return
         t = time.time()
-        rewriter = QueryRewriter.from_pretrained(str(final), dtype=torch.bfloat16, max_new_tokens=32)
-        if hasattr(rewriter.model, "merge_and_unload"):
-            rewriter.model = rewriter.model.merge_and_unload()
-        samples = rewriter.rewrite(queries, num_rewrites=8, batch_size=16, temperature=1.0, top_k=0, top_p=1.0)
+        samples = fast_rewriter(str(final)).rewrite(
+            queries, num_rewrites=8, batch_size=16, temperature=1.0, top_k=0, top_p=1.0
+        )
         flat = [s for group in samples for s in group]
         ranks = scorer.ranks(flat, [t for t in targets for _ in range(8)]).view(len(queries), 8).min(dim=1).values
         results["oracle_best_of_8"] = {**retrieval_metrics(ranks), "policy": final.name}

@@ -133,7 +133,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     set_seed(training_args.seed)
     template = get_prompt_template(script_args.shift, script_args.prompt_template)
     pairs = load_pairs(script_args, seed=training_args.seed)
-    evaluates = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    evaluates = training_args.eval_strategy != "no"  # an IntervalStrategy, a str enum
     eval_pairs = (
         load_pairs(script_args, seed=training_args.seed, split=script_args.dataset_test_split) if evaluates else None
     )
