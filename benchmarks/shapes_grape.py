@@ -19,6 +19,8 @@ config_shapes.yaml`) with the shift's few-shot prompt:
     python benchmarks/shapes_grape.py --ship         # the sizes below, then ship the grape_rank rewriters
     python benchmarks/shapes_grape.py --shifts composed --variant rr --start_from grape_rank \
         --grpo_args --reward_funcs reciprocal_rank   # one more GRPO stage, method grape_rank_rr
+    python benchmarks/shapes_grape.py --shifts composed --variant r1 --start_from grape_rank \
+        --distill_args --max_rank 1                  # one more self-distillation stage, method self_distillation_r1
 
 Stages are cached in --output_dir (finished stages are reused, GRPO resumes from its last checkpoint). Writes
 benchmarks/results/shapes{,_quick}.json (shift → method → metric → value), shapes_grape{,_quick}.md, and the R@10
@@ -165,8 +167,9 @@ def run_shift(
     shift: str, folder: Path, sizes: dict, results: dict, save, retriever, variant: dict | None = None
 ) -> dict:
     """Every method of one shift, each evaluated on its validation queries as soon as it exists (cached in
-    `results`); returns the GRPO runs' curves. `variant` (`name`, `start_from`, `grpo_args`) adds one more GRPO
-    stage, `grpo-<name>`, evaluated as `grape_rank_<name>`."""
+    `results`); returns the GRPO runs' curves. `variant` (`name`, `stage`, `start_from`, `args`) adds one more stage:
+    GRPO, `grpo-<name>`, evaluated as `grape_rank_<name>`, or self-distillation, `distill-<name>`, evaluated as
+    `self_distillation_<name>`."""
     import torch
 
     from grape_hf import CLIPRankScorer, QueryRewriter
@@ -228,13 +231,20 @@ def run_shift(
                          "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
         evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
         curves[reward] = json.loads((run / "curves.json").read_text())
-    if variant:
+    if variant and variant["stage"] == "distill":
+        start = stage_folder(variant["start_from"], folder)
+        run = run_stage("distill", shift, folder, folder / f"distill-{variant['name']}",
+                        ["--init_rewriter", str(start), *sizes["distill"], *own.get("distill", []),
+                         *variant["args"]])  # fmt: skip
+        evaluate(f"self_distillation_{variant['name']}", str(run), train_cpu_minutes=minutes(run),
+                 started_from=variant["start_from"], distill_args=variant["args"])  # fmt: skip
+    elif variant:
         start = stage_folder(variant["start_from"], folder)
         run = run_stage("grpo", shift, folder, folder / f"grpo-{variant['name']}",
                         ["--init_rewriter", str(start), "--evaluate_before_after", "false", *sizes["grpo"],
-                         *own.get("grpo", []), *variant["grpo_args"]])  # fmt: skip
+                         *own.get("grpo", []), *variant["args"]])  # fmt: skip
         evaluate(f"grape_rank_{variant['name']}", str(run), train_cpu_minutes=minutes(run),
-                 started_from=variant["start_from"], grpo_args=variant["grpo_args"])  # fmt: skip
+                 started_from=variant["start_from"], grpo_args=variant["args"])  # fmt: skip
         curves[variant["name"]] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
         samples = rewriter(str(folder / "grpo-rank")).rewrite(
@@ -250,14 +260,15 @@ def run_shift(
 
 def stage_folder(method: str, folder: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
-    folder/grpo-<v>."""
+    folder/grpo-<v>, self_distillation_<v> -> folder/distill-<v>."""
     stems = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
-    stem = stems.get(method) or (
-        f"grpo-{method.removeprefix('grape_rank_')}" if method.startswith("grape_rank_") else None
-    )
+    stem = stems.get(method)
+    for prefix, variant_stem in (("grape_rank_", "grpo-"), ("self_distillation_", "distill-")):
+        if stem is None and method.startswith(prefix):
+            stem = variant_stem + method.removeprefix(prefix)
     if stem is None:
-        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(stems)} or "
-                         "grape_rank_<variant>.")  # fmt: skip
+        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(stems)}, "
+                         "grape_rank_<variant> or self_distillation_<variant>.")  # fmt: skip
     if not (folder / stem / "grape_rewriter.json").is_file():
         raise SystemExit(f"--start_from {method}: no finished stage at {folder / stem}; train it first.")
     return folder / stem
@@ -274,25 +285,35 @@ def main() -> None:
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
     parser.add_argument("--ship", action="store_true", help="Ship each shift's grape_rank rewriter into the package.")
     parser.add_argument("--variant", default=None,
-                        help="After the stages, train one more GRPO stage named VARIANT (folder grpo-VARIANT, method "
-                             "grape_rank_VARIANT) from --start_from with --grpo_args on top of the sizes.")  # fmt: skip
+                        help="After the stages, train one more stage named VARIANT from --start_from: GRPO with "
+                             "--grpo_args (folder grpo-VARIANT, method grape_rank_VARIANT) or self-distillation with "
+                             "--distill_args (folder distill-VARIANT, method self_distillation_VARIANT), on top of the "
+                             "sizes.")  # fmt: skip
     parser.add_argument(
         "--start_from",
         default="self_distillation",
         metavar="METHOD",
-        help="The stage the variant starts from: self_distillation, grape_rank, grape_rank_<variant>.",
+        help="The stage the variant starts from: self_distillation, grape_rank, grape_rank_<variant>, "
+        "self_distillation_<variant>.",
     )
     parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
                         help="Recipe overrides for the variant, e.g. --grpo_args --reward_funcs reciprocal_rank "
                              "(must come last).")  # fmt: skip
+    parser.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
+                        help="Make the variant a self-distillation stage with these recipe overrides, e.g. "
+                             "--distill_args --max_rank 1 --rounds 3 (must come last).")  # fmt: skip
     args = parser.parse_args()
-    if args.grpo_args and not args.variant:
-        parser.error("--grpo_args changes what a GRPO stage trains: name the run with --variant.")
+    if (args.grpo_args or args.distill_args) and not args.variant:
+        parser.error("--grpo_args / --distill_args change what a stage trains: name the run with --variant.")
+    if args.grpo_args and args.distill_args:
+        parser.error("a variant is one stage: give --grpo_args or --distill_args, not both.")
     if args.variant and args.ship:
         parser.error("--ship ships the grape_rank stages; ship a variant by hand after comparing it.")
-    variant = (
-        {"name": args.variant, "start_from": args.start_from, "grpo_args": args.grpo_args} if args.variant else None
-    )
+    variant = None
+    if args.variant:
+        stage = "distill" if args.distill_args else "grpo"
+        variant = {"name": args.variant, "stage": stage, "start_from": args.start_from,
+                   "args": args.distill_args or args.grpo_args}  # fmt: skip
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = args.output_dir or REPO / "outputs" / f"shapes_grape{tag}"
@@ -364,7 +385,7 @@ def report(results: dict, curves: dict, tag: str) -> None:
              f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter SmolLM2-135M-Instruct.", ""]  # fmt: skip
     for shift in shifts:
         rows = {m: results[shift][m] for m in METHODS if m in results[shift]}
-        rows.update({m: v for m, v in results[shift].items() if m.startswith("grape_rank_")})
+        rows.update({m: v for m, v in results[shift].items() if m.startswith(("grape_rank_", "self_distillation_"))})
         lines += [f"## {shift}", "", markdown_table(rows), ""]
         if shift == "long_form":
             lines += [

@@ -47,6 +47,13 @@ class DistillScriptArguments(GRAPEScriptArguments):
     min_improvement: float = field(
         default=0.0, metadata={"help": "Keep a query's best sample only if its reward beats the greedy one's by more."}
     )
+    max_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep a query's best sample only if the retriever ranks its target at this place or better (1: "
+            "only rewrites that retrieve the target first). Default: no rank cut."
+        },
+    )
     max_new_tokens: int = field(default=32, metadata={"help": "Length of a sampled rewrite."})
     sample_dtype: str = field(
         default="bfloat16",
@@ -55,6 +62,10 @@ class DistillScriptArguments(GRAPEScriptArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ValueError(
+                f"max_rank must be >= 1 (1 keeps only samples that rank the target first), got {self.max_rank}."
+            )
         if self.rounds < 1 or self.num_samples < 2:
             raise ValueError(
                 f"rounds must be >= 1 (got {self.rounds}) and num_samples >= 2 (got {self.num_samples}): the best "
@@ -70,15 +81,17 @@ def select_best(
     reward: GRAPERewardFunction,
     min_improvement: float = 0.0,
     references: list[str] | None = None,
+    max_rank: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Score the greedy rewrite and every sample with `reward`; keep per query the best sample that beats greedy.
 
-    `references` (composed queries) are carried into the kept rows, for the prompt of the fine-tuning.
+    `references` (composed queries) are carried into the kept rows, for the prompt of the fine-tuning. `max_rank`
+    keeps a best sample only if the retriever ranks the target at that place or better (1: first).
 
     Returns:
         `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward"}` (and `"reference"`),
         and the round's
-        numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@10` of the best samples).
+        numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@1` / `oracle_R@10` of the best samples).
 
     Example:
     ```python
@@ -104,28 +117,27 @@ def select_best(
     flat_targets = [t for t, k in zip(targets, per_query) for _ in range(k)]
     sample_rewards = reward(prompts=flat, completions=flat, **{reward.target_column: flat_targets})
     greedy_rewards = reward(prompts=greedy, completions=greedy, **{reward.target_column: list(targets)})
-    kept, best_rewards, best_texts, start = [], [], [], 0
+    best, start = [], 0
     for i, k in enumerate(per_query):
         group = sample_rewards[start : start + k]
-        start += k
         j = max(range(k), key=group.__getitem__)
-        best_rewards.append(group[j])
-        best_texts.append(samples[i][j])
-        if group[j] > greedy_rewards[i] + min_improvement:
-            row = {
-                "query": queries[i],
-                "rewrite": samples[i][j],
-                "reward": group[j],
-                "greedy_reward": greedy_rewards[i],
-            }
+        best.append((samples[i][j], group[j]))
+        start += k
+    best_ranks = reward.scorer.ranks([text for text, _ in best], list(targets)).tolist() if n else []
+    kept = []
+    for i, ((text, value), rank) in enumerate(zip(best, best_ranks)):
+        if value > greedy_rewards[i] + min_improvement and (max_rank is None or rank <= max_rank):
+            row = {"query": queries[i], "rewrite": text, "reward": value, "greedy_reward": greedy_rewards[i],
+                   "rank": rank}  # fmt: skip
             kept.append(row if references is None else {**row, "reference": references[i]})
-    oracle = reward.scorer.ranks(best_texts, list(targets)) if n else torch.zeros(0)
+    oracle = torch.tensor(best_ranks, dtype=torch.long)
     stats = {
         "queries": n,
         "samples_per_query": max(per_query) if per_query else 0,
         "kept": len(kept),
         "mean_greedy_reward": round(sum(greedy_rewards) / max(n, 1), 4),
-        "mean_best_reward": round(sum(best_rewards) / max(n, 1), 4),
+        "mean_best_reward": round(sum(value for _, value in best) / max(n, 1), 4),
+        "oracle_R@1": round(float((oracle <= 1).float().mean()), 4) if n else 0.0,
         "oracle_R@10": round(float((oracle <= 10).float().mean()), 4) if n else 0.0,
     }
     return kept, stats
@@ -201,12 +213,14 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
             )  # fmt: skip
             del model, rewriter
         kept, stats = select_best(
-            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references
-        )
+            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
+            max_rank=script_args.max_rank,
+        )  # fmt: skip
         if not kept:
             raise RuntimeError(
                 f"Round {round_index}: no sampled rewrite beat the greedy one on {len(queries)} queries; raise "
-                "num_samples or sample_temperature, or lower min_improvement."
+                "num_samples or sample_temperature, or lower min_improvement"
+                + (f" or raise max_rank ({script_args.max_rank})." if script_args.max_rank else ".")
             )
         from datasets import Dataset
 

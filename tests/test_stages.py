@@ -108,6 +108,23 @@ def test_select_best_keeps_samples_that_beat_greedy(minilm):
         select_best(["q"], [0, 1], ["g"], [["s", "t"]], reward)
 
 
+def test_select_best_max_rank_keeps_only_samples_ranked_high_enough(minilm):
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.distill import DistillScriptArguments, select_best
+
+    corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car in the snow", "a dog in snow"]
+    reward = GRAPERewardFunction(CLIPRankScorer(minilm, corpus, show_progress_bar=False), reward="rank")
+    queries, targets, greedy = ["Zwei Männer", "Ein Hund rennt"], [1, 0], ["a car", "a car"]
+    samples = [["a cat", "two men playing chess"], ["a cat", "a dog"]]  # "a dog" ranks "a dog in snow" first
+    kept, stats = select_best(queries, targets, greedy, samples, reward)
+    assert [row["rewrite"] for row in kept] == ["two men playing chess", "a dog"]
+    assert [row["rank"] for row in kept] == [1, 2] and stats["oracle_R@1"] == 0.5
+    kept, stats = select_best(queries, targets, greedy, samples, reward, max_rank=1)
+    assert [row["rewrite"] for row in kept] == ["two men playing chess"] and stats["kept"] == 1
+    with pytest.raises(ValueError, match="max_rank must be >= 1"):
+        DistillScriptArguments(dataset_name="x", max_rank=0)
+
+
 def test_self_distillation_round_saves_and_resumes(warm_start, multi30k_path, tmp_path):
     from trl import ModelConfig, SFTConfig
 
