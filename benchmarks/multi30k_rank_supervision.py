@@ -266,14 +266,15 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     chain = [method]  # the stages that led to METHOD, latest first
     while "started_from" in results[chain[-1]]:
         chain.append(results[chain[-1]]["started_from"])
-    modules = {"warm_start": "grape_hf.sft", "self_distillation": "grape_hf.distill"}
+    modules = {"warm_start": "grape_hf.sft", "self_distillation": "grape_hf.distill", "grape_rank": "grape_hf.grpo"}
+    module = {m: next(v for k, v in modules.items() if m == k or m.startswith(k + "_")) for m in chain}
     config.dataset = "Multi30k task2 (German description 1 -> English description 1 of the same image)"
     config.corpus = "Multi30k task2 train, English description 1 of 5,000 images"
     config.training.pop("init_rewriter", None)
     config.training.update(
-        stages=[f"{m} ({modules.get(m, 'grape_hf.grpo')})" for m in reversed(chain)],
+        stages=[f"{m} ({module[m]})" for m in reversed(chain)],
         command=" && ".join(
-            [_stage_command(m, results[m]) for m in reversed(chain) if m.startswith("grape_rank")]
+            [_stage_command(m, results[m]) for m in reversed(chain) if m.startswith(("grape_rank", "warm_start_"))]
             + [f"python benchmarks/multi30k_rank_supervision.py --stages sft distill --ship {method}"]
         ),
         stage_sizes=FULL,
@@ -296,7 +297,13 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
 
 
 def _stage_command(method: str, info: dict) -> str:
-    """The command line that trained the GRPO stage METHOD (as recorded in its results entry)."""
+    """The command line that trained the GRPO stage or warm-start variant METHOD (as recorded in its results entry)."""
+    if method.startswith("warm_start_"):
+        variant = method.removeprefix("warm_start_")
+        return (
+            f"python benchmarks/multi30k_rank_supervision.py --stages sft --variant {variant} --sft_args "
+            + " ".join(info["sft_args"])
+        )
     command = "python benchmarks/multi30k_rank_supervision.py --stages sft distill rank"
     variant = method.removeprefix("grape_rank").removeprefix("_")
     if not variant:
