@@ -66,7 +66,7 @@ def test_shipped_shapes_rewriters_describe_their_run(name):
     results_file = Path(__file__).parents[1] / meta["training"].get("results", "benchmarks/results/shapes.json")
     results = json.loads(results_file.read_text())[meta["shift"]]
     for key, methods in (
-        ("after", ("grape_rank", "GRAPE (GRPO, rank)")),
+        ("after", (meta["training"].get("method", "grape_rank"), "GRAPE (GRPO, rank)")),
         ("zero_shot", ("zero_shot", "SmolLM2 zero-shot")),
     ):
         method = next(m for m in methods if m in results)
