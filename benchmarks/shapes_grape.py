@@ -392,7 +392,7 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(
         stage_folder(method, folder), dest,
-        ignore=shutil.ignore_patterns("checkpoint-*", "trainer", "eval", "curves.*", "round-*"),
+        ignore=shutil.ignore_patterns("checkpoint-*", "trainer", "eval", "curves.*", "round-*", "stats.json"),
     )  # fmt: skip
     weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
     save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
