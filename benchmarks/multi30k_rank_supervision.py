@@ -9,6 +9,8 @@ oracle best of 8 samples of the final policy (picked knowing the target: the roo
 
     python benchmarks/multi30k_rank_supervision.py --quick      # tiny sizes, minutes: checks the pipeline
     python benchmarks/multi30k_rank_supervision.py              # the sizes below, hours on this CPU
+    python benchmarks/multi30k_rank_supervision.py --stages sft --variant long_r10 --start_from grape_rank_long_shaped \
+        --distill_args --max_rank 10 --rounds 2 --seed 3       # one more stage: --sft_args, --distill_args, --grpo_args
 
 Stages are cached in --output_dir (a finished stage's rewriter folder is reused; GRPO resumes from its last
 checkpoint), so a run spread over several sessions picks up where it stopped. Writes
@@ -109,6 +111,10 @@ def main() -> None:
     parser.add_argument("--sft_args", nargs=argparse.REMAINDER, default=[],
                         help="Train a warm start variant (folder sft-<variant>, method warm_start_<variant>) with these "
                              "recipe overrides, e.g. --sft_args --max_steps 430 (must come last; not with --grpo_args).")  # fmt: skip
+    parser.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
+                        help="Train a self-distillation variant (folder distill-<variant>, method "
+                             "self_distillation_<variant>) from --start_from (default: the warm start) with these "
+                             "recipe overrides, e.g. --distill_args --max_rank 10 --rounds 2 (must come last).")  # fmt: skip
     parser.add_argument("--start_from", default=None, metavar="METHOD",
                         help="Start the GRPO stages of a --variant from METHOD's rewriter instead of the latest "
                              "earlier stage, e.g. grape_rank_shaped (a GRPO stage of this output_dir) to train on.")  # fmt: skip
@@ -121,6 +127,8 @@ def main() -> None:
         parser.error("--grpo_args changes what the GRPO stages train: name the run with --variant.")
     if args.sft_args and (args.grpo_args or not args.variant):
         parser.error("--sft_args trains a named warm start variant: give --variant, and no --grpo_args.")
+    if args.distill_args and not args.variant:
+        parser.error("--distill_args trains a named self-distillation variant: give --variant.")
     if args.start_from and not args.variant:
         parser.error(
             f"--start_from {args.start_from} changes what the GRPO stages train: name the run with --variant."
@@ -160,6 +168,12 @@ def main() -> None:
         meta = json.loads((folder / "grape_rewriter.json").read_text())["training"]
         evaluate(f"warm_start_{args.variant}", str(folder), train_cpu_minutes=minutes(folder), sft_args=args.sft_args,
                  eval_loss=meta.get("eval_loss"))  # fmt: skip
+    if args.distill_args:  # e.g. rank-filtered rounds from a later stage, on queries not drawn before
+        source = _method_folder(args.start_from, out) if args.start_from else sft_dir
+        folder = run_stage("distill", out / f"distill-{args.variant}",
+                           ["--init_rewriter", str(source), *sizes["distill"], *args.distill_args])  # fmt: skip
+        evaluate(f"self_distillation_{args.variant}", str(folder), train_cpu_minutes=minutes(folder),
+                 started_from=args.start_from or "warm_start", distill_args=args.distill_args)  # fmt: skip
     start = sft_dir
     if "distill" in args.stages:
         distill_dir = run_stage("distill", out / "distill", ["--init_rewriter", str(sft_dir), *sizes["distill"]])
@@ -250,8 +264,11 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     from grape_hf.metrics import METRICS
     from grape_hf.rewriter_folder import RewriterConfig
 
-    if method not in results or not method.startswith("grape_rank"):
-        raise SystemExit(f"--ship {method!r}: ship a GRPO rank stage that was evaluated ({sorted(results)}).")
+    if method not in results or not method.startswith(("grape_rank", "self_distillation_")):
+        raise SystemExit(
+            f"--ship {method!r}: ship a GRPO rank stage or a self-distillation variant that was evaluated "
+            f"({sorted(results)})."
+        )
     new, old = results[method]["R@10"], results["previously_shipped"]["R@10"]
     if new <= old:
         log(f"not shipped: {method} R@10 {new} does not beat the shipped rewriter's {old}")
@@ -274,7 +291,11 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     config.training.update(
         stages=[f"{m} ({module[m]})" for m in reversed(chain)],
         command=" && ".join(
-            [_stage_command(m, results[m]) for m in reversed(chain) if m.startswith(("grape_rank", "warm_start_"))]
+            [
+                _stage_command(m, results[m])
+                for m in reversed(chain)
+                if m.startswith(("grape_rank", "warm_start_", "self_distillation_"))
+            ]
             + [f"python benchmarks/multi30k_rank_supervision.py --stages sft distill --ship {method}"]
         ),
         stage_sizes=FULL,
@@ -297,7 +318,13 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
 
 
 def _stage_command(method: str, info: dict) -> str:
-    """The command line that trained the GRPO stage or warm-start variant METHOD (as recorded in its results entry)."""
+    """The command line that trained the GRPO stage or the warm-start or self-distillation variant METHOD (as recorded
+    in its results entry)."""
+    if method.startswith("self_distillation_"):
+        start = info.get("started_from", "warm_start")
+        return (f"python benchmarks/multi30k_rank_supervision.py --stages sft --variant "
+                f"{method.removeprefix('self_distillation_')}" + ("" if start == "warm_start" else f" --start_from {start}")
+                + " --distill_args " + " ".join(info["distill_args"]))  # fmt: skip
     if method.startswith("warm_start_"):
         variant = method.removeprefix("warm_start_")
         return (
