@@ -164,13 +164,13 @@ def main() -> None:
     sft_dir = run_stage("sft", out / "sft", sizes["sft"])
     evaluate("warm_start", str(sft_dir), train_cpu_minutes=minutes(sft_dir))
     if args.sft_args:  # a warm start variant, e.g. one given as many minutes as the stages after the warm start
-        folder = run_stage("sft", out / f"sft-{args.variant}", [*sizes["sft"], *args.sft_args])
+        folder = run_stage("sft", out / f"sft-{args.variant.replace('_', '-')}", [*sizes["sft"], *args.sft_args])
         meta = json.loads((folder / "grape_rewriter.json").read_text())["training"]
         evaluate(f"warm_start_{args.variant}", str(folder), train_cpu_minutes=minutes(folder), sft_args=args.sft_args,
                  eval_loss=meta.get("eval_loss"))  # fmt: skip
     if args.distill_args:  # e.g. rank-filtered rounds from a later stage, on queries not drawn before
         source = _method_folder(args.start_from, out) if args.start_from else sft_dir
-        folder = run_stage("distill", out / f"distill-{args.variant}",
+        folder = run_stage("distill", out / f"distill-{args.variant.replace('_', '-')}",
                            ["--init_rewriter", str(source), *sizes["distill"], *args.distill_args])  # fmt: skip
         evaluate(f"self_distillation_{args.variant}", str(folder), train_cpu_minutes=minutes(folder),
                  started_from=args.start_from or "warm_start", distill_args=args.distill_args)  # fmt: skip
