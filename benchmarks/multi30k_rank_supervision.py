@@ -229,18 +229,26 @@ def main() -> None:
 SHIPPED = "smollm2-135m-grape-multi30k-de"
 
 
+# Method prefix -> (rewriter folder stem, the module that trains it); a variant appends _<variant> / -<variant>.
+STAGES = {"warm_start": ("sft", "grape_hf.sft"), "self_distillation": ("distill", "grape_hf.distill"),
+          "grape_rank": ("grpo-rank", "grape_hf.grpo"), "grpo_similarity": ("grpo-similarity", "grape_hf.grpo")}  # fmt: skip
+
+
+def _method_prefix(method: str) -> str:
+    for prefix in STAGES:
+        if method == prefix or method.startswith(prefix + "_"):
+            return prefix
+    raise SystemExit(f"{method}: not a method of this script; use one of {sorted(STAGES)} or "
+                     "<method>_<variant>.")  # fmt: skip
+
+
 def _method_folder(method: str, out: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank_<variant> -> out/grpo-rank-<variant>."""
-    stems = {"warm_start": "sft", "self_distillation": "distill", "grape_rank": "grpo-rank",
-             "grpo_similarity": "grpo-similarity"}  # fmt: skip
-    for prefix, stem in stems.items():
-        if method == prefix or method.startswith(prefix + "_"):
-            folder = out / (stem + method[len(prefix) :].replace("_", "-"))
-            if (folder / "grape_rewriter.json").is_file():
-                return folder
-            raise SystemExit(f"{method}: no finished stage at {folder}; train it first.")
-    raise SystemExit(f"{method}: not a method of this script; use one of {sorted(stems)} or "
-                     "grape_rank_<variant> / grpo_similarity_<variant>.")  # fmt: skip
+    prefix = _method_prefix(method)
+    folder = out / (STAGES[prefix][0] + method[len(prefix) :].replace("_", "-"))
+    if (folder / "grape_rewriter.json").is_file():
+        return folder
+    raise SystemExit(f"{method}: no finished stage at {folder}; train it first.")
 
 
 def _shipped_commit(folder: Path) -> str:
@@ -283,13 +291,11 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     chain = [method]  # the stages that led to METHOD, latest first
     while "started_from" in results[chain[-1]]:
         chain.append(results[chain[-1]]["started_from"])
-    modules = {"warm_start": "grape_hf.sft", "self_distillation": "grape_hf.distill", "grape_rank": "grape_hf.grpo"}
-    module = {m: next(v for k, v in modules.items() if m == k or m.startswith(k + "_")) for m in chain}
     config.dataset = "Multi30k task2 (German description 1 -> English description 1 of the same image)"
     config.corpus = "Multi30k task2 train, English description 1 of 5,000 images"
     config.training.pop("init_rewriter", None)
     config.training.update(
-        stages=[f"{m} ({module[m]})" for m in reversed(chain)],
+        stages=[f"{m} ({STAGES[_method_prefix(m)][1]})" for m in reversed(chain)],
         command=" && ".join(
             [
                 _stage_command(m, results[m])

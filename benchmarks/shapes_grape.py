@@ -174,7 +174,8 @@ def run_shift(
     shipped: Path | None = None,
 ) -> dict:
     """Every method of one shift, each evaluated on its validation queries as soon as it exists (cached in
-    `results`); returns the GRPO runs' curves. `variant` (`name`, `stage`, `start_from`, `args`) adds one more stage:
+    `results`); returns the GRPO runs' curves. `variant` (`name`, `stage`, `method`, `start_from`, `args`) adds one
+    more stage:
     GRPO, `grpo-<name>`, evaluated as `grape_rank_<name>`, or self-distillation, `distill-<name>`, evaluated as
     `self_distillation_<name>`. `shipped` (the rewriter shipped now, about to be compared) is measured afresh as
     `previously_shipped`."""
@@ -239,21 +240,16 @@ def run_shift(
                          "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
         evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
         curves[reward] = json.loads((run / "curves.json").read_text())
-    if variant and variant["stage"] == "distill":
-        start = stage_folder(variant["start_from"], folder)
-        run = run_stage("distill", shift, folder, folder / f"distill-{variant['name']}",
-                        ["--init_rewriter", str(start), *sizes["distill"], *own.get("distill", []),
+    if variant:
+        extra = ([*sizes["distill"], *own.get("distill", [])] if variant["stage"] == "distill" else
+                 ["--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
+        run = run_stage(variant["stage"], shift, folder, folder / f"{variant['stage']}-{variant['name']}",
+                        ["--init_rewriter", str(stage_folder(variant["start_from"], folder)), *extra,
                          *variant["args"]])  # fmt: skip
-        evaluate(f"self_distillation_{variant['name']}", str(run), train_cpu_minutes=minutes(run),
-                 started_from=variant["start_from"], distill_args=variant["args"])  # fmt: skip
-    elif variant:
-        start = stage_folder(variant["start_from"], folder)
-        run = run_stage("grpo", shift, folder, folder / f"grpo-{variant['name']}",
-                        ["--init_rewriter", str(start), "--evaluate_before_after", "false", *sizes["grpo"],
-                         *own.get("grpo", []), *variant["args"]])  # fmt: skip
-        evaluate(f"grape_rank_{variant['name']}", str(run), train_cpu_minutes=minutes(run),
-                 started_from=variant["start_from"], grpo_args=variant["args"])  # fmt: skip
-        curves[variant["name"]] = json.loads((run / "curves.json").read_text())
+        evaluate(variant["method"], str(run), train_cpu_minutes=minutes(run), started_from=variant["start_from"],
+                 **{f"{variant['stage']}_args": variant["args"]})  # fmt: skip
+        if variant["stage"] == "grpo":
+            curves[variant["name"]] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
         samples = rewriter(str(folder / "grpo-rank")).rewrite(
             queries, references=references, num_rewrites=8, batch_size=8, temperature=1.0, top_k=0, top_p=1.0
@@ -321,12 +317,12 @@ def main() -> None:
         parser.error("--grpo_args / --distill_args change what a stage trains: name the run with --variant.")
     if args.grpo_args and args.distill_args:
         parser.error("a variant is one stage: give --grpo_args or --distill_args, not both.")
-    variant, method = None, "grape_rank"
+    variant = None
     if args.variant:
         stage = "distill" if args.distill_args else "grpo"
-        variant = {"name": args.variant, "stage": stage, "start_from": args.start_from,
-                   "args": args.distill_args or args.grpo_args}  # fmt: skip
         method = f"{'self_distillation' if stage == 'distill' else 'grape_rank'}_{args.variant}"
+        variant = {"name": args.variant, "stage": stage, "method": method, "start_from": args.start_from,
+                   "args": args.distill_args or args.grpo_args}  # fmt: skip
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = args.output_dir or REPO / "outputs" / f"shapes_grape{tag}"
@@ -349,7 +345,7 @@ def main() -> None:
     else:
         results["_meta"]["command"] = command
     for shift in args.shifts if args.ship else []:
-        ship(shift, out / shift, results, method, dest_root)
+        ship(shift, out / shift, results, variant["method"] if variant else "grape_rank", dest_root)
     results["_meta"].update(retriever=RETRIEVER, direction="text -> image", rewriter="SmolLM2-135M-Instruct",
                             stages=sizes, torch_threads=torch.get_num_threads())  # fmt: skip
     save()

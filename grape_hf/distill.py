@@ -89,9 +89,8 @@ def select_best(
     keeps a best sample only if the retriever ranks the target at that place or better (1: first).
 
     Returns:
-        `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward"}` (and `"reference"`),
-        and the round's
-        numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@1` / `oracle_R@10` of the best samples).
+        `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward", "rank"}` (and
+        `"reference"`), and the round's numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@1` / `oracle_R@10` of the best samples).
 
     Example:
     ```python
@@ -123,14 +122,13 @@ def select_best(
         j = max(range(k), key=group.__getitem__)
         best.append((samples[i][j], group[j]))
         start += k
-    best_ranks = reward.scorer.ranks([text for text, _ in best], list(targets)).tolist() if n else []
+    oracle = reward.scorer.ranks([text for text, _ in best], list(targets)) if n else torch.zeros(0, dtype=torch.long)
     kept = []
-    for i, ((text, value), rank) in enumerate(zip(best, best_ranks)):
+    for i, ((text, value), rank) in enumerate(zip(best, oracle.tolist())):
         if value > greedy_rewards[i] + min_improvement and (max_rank is None or rank <= max_rank):
             row = {"query": queries[i], "rewrite": text, "reward": value, "greedy_reward": greedy_rewards[i],
                    "rank": rank}  # fmt: skip
             kept.append(row if references is None else {**row, "reference": references[i]})
-    oracle = torch.tensor(best_ranks, dtype=torch.long)
     stats = {
         "queries": n,
         "samples_per_query": max(per_query) if per_query else 0,
