@@ -179,3 +179,25 @@ def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
     for a, b in zip(got.scores, expected.scores):
         assert torch.allclose(a, b, atol=1e-5)
     assert register_grouped_decode_attention() == "grape_grouped_sdpa"  # registering twice is harmless
+
+
+def test_reserved_layer_matches_dynamic_layer_through_growth_crop_and_reorder():
+    from transformers.cache_utils import DynamicLayer
+
+    from grape_hf.rewriter_folder import ReservedLayer
+
+    torch.manual_seed(0)
+    plain, reserved = DynamicLayer(), ReservedLayer(reserve=2)
+    steps = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 1, 1, 2, 1)]  # the third single token outgrows the reserve
+    for i, states in enumerate(steps):
+        expected = plain.update(states, -states)
+        got = reserved.update(states, -states)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        if i == 3:
+            plain.crop(-2), reserved.crop(-2)
+        if i == 4:
+            rows = torch.tensor([2, 0, 0])
+            plain.batch_select_indices(rows), reserved.batch_select_indices(rows)
+    assert reserved.get_seq_length() == plain.get_seq_length() == 10
+    buffer = reserved._buffers[0]
+    assert reserved.keys.data_ptr() == buffer.data_ptr() and buffer.shape[-2] > reserved.get_seq_length()
