@@ -35,6 +35,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 from transformers.utils import cached_file
 
 REWRITER_CONFIG_NAME = "grape_rewriter.json"
@@ -258,10 +259,65 @@ def inverse_cdf_sampling(config: GenerationConfig) -> LogitsProcessorList | None
     return processors
 
 
+class ReservedLayer(DynamicLayer):
+    """A [`~transformers.DynamicLayer`] that keeps room to grow: its keys and values are views into buffers with
+    `reserve` spare positions, so a decoding step writes its token in place instead of concatenating (copying) the
+    whole cache, as `DynamicLayer` does at every step.
+
+    Anything that replaces the tensors (`batch_select_indices`, `batch_repeat_interleave`, `reorder_cache`) or fills
+    the spare room makes the next update copy once into fresh buffers; `crop` keeps the buffers.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from grape_hf.rewriter_folder import ReservedLayer
+    >>> layer = ReservedLayer(reserve=4)
+    >>> keys, values = layer.update(torch.ones(2, 1, 3, 8), torch.ones(2, 1, 3, 8))
+    >>> keys, values = layer.update(torch.zeros(2, 1, 1, 8), torch.zeros(2, 1, 1, 8))
+    >>> keys.shape, layer.get_seq_length()
+    (torch.Size([2, 1, 4, 8]), 4)
+    ```
+    """
+
+    def __init__(self, reserve: int = 32):
+        super().__init__()
+        self.reserve = reserve
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _room(self, new: int) -> bool:
+        if self._buffers is None or self.keys.numel() == 0:
+            return False
+        key_buffer, value_buffer = self._buffers
+        return (self.keys.data_ptr() == key_buffer.data_ptr() and self.values.data_ptr() == value_buffer.data_ptr()
+                and self.keys.shape[:-2] == key_buffer.shape[:-2]
+                and self.keys.shape[-2] + new <= key_buffer.shape[-2])  # fmt: skip
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        if not self._room(new):
+            capacity = length + new + self.reserve
+            self._buffers = tuple(
+                states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))
+                for states in (key_states, value_states)
+            )
+            if length:
+                self._buffers[0][..., :length, :] = self.keys
+                self._buffers[1][..., :length, :] = self.values
+        key_buffer, value_buffer = self._buffers
+        key_buffer[..., length : length + new, :] = key_states
+        value_buffer[..., length : length + new, :] = value_states
+        self.keys, self.values = key_buffer[..., : length + new, :], value_buffer[..., : length + new, :]
+        return self.keys, self.values
+
+
 def prefill_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> DynamicCache:
     """Prefill left-padded prompts but their last token, once each, into a cache whose batch rows are `rows`
-    (indices into the prompts, repeats allowed): pass it to `generate` with the prompts of those rows."""
+    (indices into the prompts, repeats allowed): pass it to `generate` with the prompts of those rows. Its full
+    attention layers are [`ReservedLayer`]s, so decoding appends in place."""
     cache = DynamicCache(config=model.config)
+    cache.layers = [ReservedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # as generate's
     model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
           past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
