@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--start_from", default=None, metavar="METHOD",
                         help="Start the GRPO stages of a --variant from METHOD's rewriter instead of the latest "
                              "earlier stage, e.g. grape_rank_shaped (a GRPO stage of this output_dir) to train on.")  # fmt: skip
+    parser.add_argument("--oracle", default=None, metavar="METHOD",
+                        help="Also measure the best of 8 samples of METHOD's rewriter (picked knowing the target) as "
+                             "oracle_best_of_8_<METHOD>, e.g. --oracle self_distillation_long_r10.")  # fmt: skip
     parser.add_argument("--ship", default=None, metavar="METHOD",
                         help="After the stages, ship METHOD's rewriter (e.g. grape_rank or grape_rank_<variant>) as "
                              "grape_hf's smollm2-135m-grape-multi30k-de, if it beats the one shipped now on the same "
@@ -185,8 +188,8 @@ def main() -> None:
         start, started_from = _method_folder(args.start_from, out), args.start_from
     curves = {}
 
-    def oracle_best_of_8(final: Path) -> None:
-        if "oracle_best_of_8" in results:
+    def oracle_best_of_8(final: Path, name: str = "oracle_best_of_8") -> None:
+        if name in results:
             return
         t = time.time()
         samples = fast_rewriter(str(final)).rewrite(
@@ -194,8 +197,8 @@ def main() -> None:
         )
         flat = [s for group in samples for s in group]
         ranks = scorer.ranks(flat, [t for t in targets for _ in range(8)]).view(len(queries), 8).min(dim=1).values
-        results["oracle_best_of_8"] = {**retrieval_metrics(ranks), "policy": final.name}
-        log(f"oracle_best_of_8: {results['oracle_best_of_8']} ({time.time() - t:.0f} s)")
+        results[name] = {**retrieval_metrics(ranks), "policy": final.name}
+        log(f"{name}: {results[name]} ({time.time() - t:.0f} s)")
         save()
 
     suffix = f"_{args.variant}" if args.variant else ""
@@ -212,6 +215,8 @@ def main() -> None:
             oracle_best_of_8(folder)
     if "rank" not in args.stages:
         oracle_best_of_8(start)
+    if args.oracle:  # the room left to a later policy: the best of its own 8 samples, picked knowing the target
+        oracle_best_of_8(_method_folder(args.oracle, out), f"oracle_best_of_8_{args.oracle}")
     if args.ship:
         shipped = shipped_rewriter_path(SHIPPED)
         commit = _shipped_commit(shipped)
