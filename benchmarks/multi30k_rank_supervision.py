@@ -116,8 +116,9 @@ def main() -> None:
                              "self_distillation_<variant>) from --start_from (default: the warm start) with these "
                              "recipe overrides, e.g. --distill_args --max_rank 10 --rounds 2 (must come last).")  # fmt: skip
     parser.add_argument("--start_from", default=None, metavar="METHOD",
-                        help="Start the GRPO stages of a --variant from METHOD's rewriter instead of the latest "
-                             "earlier stage, e.g. grape_rank_shaped (a GRPO stage of this output_dir) to train on.")  # fmt: skip
+                        help="Start a --variant's GRPO stages or --distill_args rounds from METHOD's rewriter instead "
+                             "of the latest earlier stage (the warm start for --distill_args), e.g. grape_rank_shaped "
+                             "(a stage of this output_dir) to train on.")  # fmt: skip
     parser.add_argument("--oracle", default=None, metavar="METHOD",
                         help="Also measure the best of 8 samples of METHOD's rewriter (picked knowing the target) as "
                              "oracle_best_of_8_<METHOD>, e.g. --oracle self_distillation_long_r10.")  # fmt: skip
