@@ -11,6 +11,8 @@ oracle best of 8 samples of the final policy (picked knowing the target: the roo
     python benchmarks/multi30k_rank_supervision.py              # the sizes below, hours on this CPU
     python benchmarks/multi30k_rank_supervision.py --stages sft --variant long_r10 --start_from grape_rank_long_shaped \
         --distill_args --max_rank 10 --rounds 2 --seed 3       # one more stage: --sft_args, --distill_args, --grpo_args
+    python benchmarks/multi30k_rank_supervision.py --stages sft --variant dpo1 --start_from self_distillation_long_r10 \
+        --preference_args --seed 6                              # rank preference optimisation (grape_hf.preference)
 
 Stages are cached in --output_dir (a finished stage's rewriter folder is reused; GRPO resumes from its last
 checkpoint), so a run spread over several sessions picks up where it stopped. Writes
@@ -39,11 +41,13 @@ FULL = {
     "sft": ["--max_steps", "250", "--max_train_samples", "4000"],
     "distill": ["--rounds", "1", "--max_train_samples", "600", "--num_train_epochs", "2"],
     "grpo": ["--max_steps", "200", "--beta", "0.04", "--learning_rate", "1e-4", "--curve_eval_steps", "20"],
+    "preference": [],  # the recipe's own sizes: 1 round of 600 queries x 8 samples, 2 epochs of DPO
 }
 QUICK = {
     "sft": ["--max_steps", "4", "--max_train_samples", "64", "--per_device_train_batch_size", "8"],
     "distill": ["--rounds", "1", "--max_train_samples", "16", "--num_samples", "4", "--max_steps", "2"],
     "grpo": ["--max_steps", "4", "--curve_eval_steps", "2", "--curve_queries", "8", "--max_train_images", "200"],
+    "preference": ["--max_train_samples", "16", "--num_samples", "4", "--max_steps", "2"],
 }
 
 
@@ -65,11 +69,11 @@ def fast_rewriter(source: str):
 
 def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
     """Run one stage's `main` through TrlParser with its recipe config, unless its rewriter folder exists."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
     if (out / "grape_rewriter.json").is_file():
         return out
-    from grape_hf import GRAPEScriptArguments, distill, grpo, sft
+    from grape_hf import GRAPEScriptArguments, distill, grpo, preference, sft
     from grape_hf.trainer import GRAPEConfig
 
     kinds = {
@@ -77,6 +81,8 @@ def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
         "distill": ((distill.DistillScriptArguments, SFTConfig, ModelConfig),
                     RECIPES / "distill" / "config_multi30k_de.yaml", distill),
         "grpo": ((GRAPEScriptArguments, GRAPEConfig, ModelConfig), RECIPES / "grape" / "config_multi30k_de.yaml", grpo),
+        "preference": ((preference.PreferenceScriptArguments, DPOConfig, ModelConfig),
+                       RECIPES / "dpo" / "config_multi30k_de.yaml", preference),
     }  # fmt: skip
     classes, config, module = kinds[stage]
     argv = ["--config", str(config), "--dataset_name", str(MULTI30K), "--output_dir", str(out), "--use_cpu", "true",
@@ -115,6 +121,11 @@ def main() -> None:
                         help="Train a self-distillation variant (folder distill-<variant>, method "
                              "self_distillation_<variant>) from --start_from (default: the warm start) with these "
                              "recipe overrides, e.g. --distill_args --max_rank 10 --rounds 2 (must come last).")  # fmt: skip
+    parser.add_argument("--preference_args", nargs=argparse.REMAINDER, default=None,
+                        help="Train a rank preference optimisation variant (grape_hf.preference: DPO on pairs ordered by "
+                             "the ranking; folder dpo-<variant>, method rank_preference_<variant>) from --start_from "
+                             "with these recipe overrides, e.g. --preference_args --seed 6 (may be empty; must come "
+                             "last).")  # fmt: skip
     parser.add_argument("--start_from", default=None, metavar="METHOD",
                         help="Start a --variant's GRPO stages or --distill_args rounds from METHOD's rewriter instead "
                              "of the latest earlier stage (the warm start for --distill_args), e.g. grape_rank_shaped "
@@ -133,6 +144,10 @@ def main() -> None:
         parser.error("--sft_args trains a named warm start variant: give --variant, and no --grpo_args.")
     if args.distill_args and not args.variant:
         parser.error("--distill_args trains a named self-distillation variant: give --variant.")
+    if args.preference_args is not None and not (args.variant and args.start_from):
+        parser.error(
+            "--preference_args trains a named variant from an earlier stage: give --variant and --start_from."
+        )
     if args.start_from and not args.variant:
         parser.error(
             f"--start_from {args.start_from} changes what the GRPO stages train: name the run with --variant."
@@ -178,6 +193,12 @@ def main() -> None:
                            ["--init_rewriter", str(source), *sizes["distill"], *args.distill_args])  # fmt: skip
         evaluate(f"self_distillation_{args.variant}", str(folder), train_cpu_minutes=minutes(folder),
                  started_from=args.start_from or "warm_start", distill_args=args.distill_args)  # fmt: skip
+    if args.preference_args is not None:  # DPO on the start's own rewrites, paired by the retriever's ranking
+        folder = run_stage("preference", out / f"dpo-{args.variant.replace('_', '-')}",
+                           ["--init_rewriter", str(_method_folder(args.start_from, out)), *sizes["preference"],
+                            *args.preference_args])  # fmt: skip
+        evaluate(f"rank_preference_{args.variant}", str(folder), train_cpu_minutes=minutes(folder),
+                 started_from=args.start_from, preference_args=args.preference_args)  # fmt: skip
     start = sft_dir
     if "distill" in args.stages:
         distill_dir = run_stage("distill", out / "distill", ["--init_rewriter", str(sft_dir), *sizes["distill"]])
@@ -237,7 +258,8 @@ SHIPPED = "smollm2-135m-grape-multi30k-de"
 
 # Method prefix -> (rewriter folder stem, the module that trains it); a variant appends _<variant> / -<variant>.
 STAGES = {"warm_start": ("sft", "grape_hf.sft"), "self_distillation": ("distill", "grape_hf.distill"),
-          "grape_rank": ("grpo-rank", "grape_hf.grpo"), "grpo_similarity": ("grpo-similarity", "grape_hf.grpo")}  # fmt: skip
+          "grape_rank": ("grpo-rank", "grape_hf.grpo"), "grpo_similarity": ("grpo-similarity", "grape_hf.grpo"),
+          "rank_preference": ("dpo", "grape_hf.preference")}  # fmt: skip
 
 
 def _method_prefix(method: str) -> str:
@@ -278,7 +300,7 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     from grape_hf.metrics import METRICS
     from grape_hf.rewriter_folder import RewriterConfig
 
-    if method not in results or not method.startswith(("grape_rank", "self_distillation_")):
+    if method not in results or not method.startswith(("grape_rank", "self_distillation_", "rank_preference_")):
         raise SystemExit(
             f"--ship {method!r}: ship a GRPO rank stage or a self-distillation variant that was evaluated "
             f"({sorted(results)})."
@@ -306,7 +328,7 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
             [
                 _stage_command(m, results[m])
                 for m in reversed(chain)
-                if m.startswith(("grape_rank", "warm_start_", "self_distillation_"))
+                if m.startswith(("grape_rank", "warm_start_", "self_distillation_", "rank_preference_"))
             ]
             + [f"python benchmarks/multi30k_rank_supervision.py --stages sft distill --ship {method}"]
         ),
@@ -337,6 +359,10 @@ def _stage_command(method: str, info: dict) -> str:
         return (f"python benchmarks/multi30k_rank_supervision.py --stages sft --variant "
                 f"{method.removeprefix('self_distillation_')}" + ("" if start == "warm_start" else f" --start_from {start}")
                 + " --distill_args " + " ".join(info["distill_args"]))  # fmt: skip
+    if method.startswith("rank_preference_"):
+        return (f"python benchmarks/multi30k_rank_supervision.py --stages sft --variant "
+                f"{method.removeprefix('rank_preference_')} --start_from {info['started_from']} --preference_args "
+                + " ".join(info["preference_args"])).rstrip()  # fmt: skip
     if method.startswith("warm_start_"):
         variant = method.removeprefix("warm_start_")
         return (

@@ -161,8 +161,46 @@ def sample_rewrites(
 
 def main(script_args: DistillScriptArguments, training_args, model_args):
     """Run the rounds; the last one is also saved to `output_dir` itself (the rewriter folder of the stage)."""
+
+    def select(queries, targets, greedy, samples, reward, references):
+        return select_best(
+            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
+            max_rank=script_args.max_rank,
+        )  # fmt: skip
+
+    def build_trainer(model, args, rows, template, tokenizer, peft_config):
+        from datasets import Dataset
+        from trl import SFTTrainer
+
+        from .sft import to_sft_dataset
+
+        columns = ["query", "rewrite", *(["reference"] if "reference" in rows[0] else [])]
+        dataset = to_sft_dataset(Dataset.from_list(rows).select_columns(columns), template)
+        return SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        )
+
+    hint = "no sampled rewrite beat the greedy one; raise num_samples or sample_temperature, or lower min_improvement"
+    if script_args.max_rank:
+        hint += f" or raise max_rank ({script_args.max_rank})"
+    return run_rounds(
+        script_args, training_args, model_args, "self_distillation", select, build_trainer, hint, "kept.jsonl"
+    )
+
+
+def run_rounds(
+    script_args, training_args, model_args, stage: str, select, build_trainer, empty_hint: str, rows_file: str
+):
+    """The sample → rank → train loop that self-distillation and rank preference optimisation share.
+
+    Each round samples the greedy rewrite and `num_samples` rewrites per training query from the current policy
+    (merged LoRA, `sample_dtype` weights), calls `select(queries, targets, greedy, samples, reward, references)` for
+    the training rows and the round's numbers, trains on the rows with the trainer `build_trainer(model, args, rows,
+    template, tokenizer, peft_config)` returns, and saves the round's rewriter folder with the rows (`rows_file`) and
+    `stats.json`. A round with `stats.json` is not redone. Returns the rounds' stats.
+    """
     from transformers import AutoTokenizer, set_seed
-    from trl import SFTTrainer, get_peft_config
+    from trl import get_peft_config
 
     from .models import resolve_model_path
     from .retrievers import load_retriever
@@ -178,7 +216,6 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
         save_stage,
         stage_template,
     )
-    from .sft import to_sft_dataset
 
     set_seed(training_args.seed)
     template = stage_template(script_args)
@@ -210,39 +247,21 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
                 script_args.sample_batch_size, references,
             )  # fmt: skip
             del model, rewriter
-        kept, stats = select_best(
-            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
-            max_rank=script_args.max_rank,
-        )  # fmt: skip
-        if not kept:
-            raise RuntimeError(
-                f"Round {round_index}: no sampled rewrite beat the greedy one on {len(queries)} queries; raise "
-                "num_samples or sample_temperature, or lower min_improvement"
-                + (f" or raise max_rank ({script_args.max_rank})." if script_args.max_rank else ".")
-            )
-        from datasets import Dataset
-
+        rows, stats = select(queries, targets, greedy, samples, reward, references)
+        if not rows:
+            raise RuntimeError(f"Round {round_index}: {empty_hint} (on {len(queries)} queries).")
         model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        round_args = _round_args(training_args, round_dir)
-        trainer = SFTTrainer(
-            model=model,
-            args=round_args,
-            train_dataset=to_sft_dataset(
-                Dataset.from_list(kept).select_columns(["query", "rewrite", *(["reference"] if references else [])]),
-                template,
-            ),
-            processing_class=tokenizer,
-            peft_config=get_peft_config(model_args) if isinstance(model, str) else None,
-        )
+        peft_config = get_peft_config(model_args) if isinstance(model, str) else None
+        trainer = build_trainer(model, _round_args(training_args, round_dir), rows, template, tokenizer, peft_config)
         with Stopwatch() as tuning:
             trainer.train()
         stats.update(round=round_index, sample_seconds=sampling.seconds, train_seconds=tuning.seconds)
         if trainer.accelerator.is_main_process:
             config = build_rewriter_config(
-                "self_distillation",
+                stage,
                 template,
                 script_args,
                 training_args,
@@ -256,10 +275,10 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
             )
             config.training["init_rewriter"] = policy
             save_stage(trainer, tokenizer, round_dir, config, model_args)
-            with open(round_dir / "kept.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+            with open(round_dir / rows_file, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             (round_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        logger.info("self-distillation round %d: %s", round_index, stats)
+        logger.info("%s round %d: %s", stage, round_index, stats)
         history.append(stats)
         policy = str(round_dir)
     _copy_rewriter(Path(policy), output_dir)
@@ -275,7 +294,7 @@ def _round_args(training_args, round_dir: Path):
 def _copy_rewriter(src: Path, dst: Path) -> None:
     """Make `output_dir` itself the final rewriter folder (the rounds stay beside it)."""
     for path in src.iterdir():
-        if path.name in ("trainer", "kept.jsonl"):
+        if path.name == "trainer" or path.suffix == ".jsonl":
             continue
         target = dst / path.name
         if path.is_dir():

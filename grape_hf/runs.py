@@ -171,6 +171,8 @@ def save_stage(trainer, tokenizer, output_dir: str | Path, rewriter_config: Rewr
     from .hub import save_rewriter
 
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(model, "peft_config", {}):  # the frozen copy GRPO / DPO trained against: not the rewriter
+        model.delete_adapter("ref")
     for peft_config in getattr(model, "peft_config", {}).values():
         # Name the base model as the user gave it (a Hub id), not the local path it resolved to offline.
         peft_config.base_model_name_or_path = rewriter_config.base_model or model_args.model_name_or_path

@@ -174,3 +174,56 @@ def test_self_distillation_of_composed_shapes_queries_from_the_base_model(_tiny_
     meta = json.loads((out / "grape_rewriter.json").read_text())
     assert meta["shift"] == "composed" and meta["prompt"]["examples"] == [example]
     assert meta["training"]["stages"] == ["self_distillation"]
+
+
+def test_select_pairs_rejects_the_greedy_rewrite_when_a_sample_beats_it(minilm):
+    from grape_hf import CLIPRankScorer, GRAPERewardFunction
+    from grape_hf.preference import select_pairs
+
+    corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car in the snow", "a dog in snow"]
+    reward = GRAPERewardFunction(CLIPRankScorer(minilm, corpus, show_progress_bar=False), reward="rank")
+    queries, targets = ["Zwei Männer spielen Schach", "Ein rotes Auto", "Ein Hund"], [1, 2, 0]
+    greedy = ["a red car", "a red car in the snow", "a dog runs on the grass"]
+    samples = [["a dog", "two men playing chess"], ["a cat", "a dog in snow"], ["a dog runs on the grass"] * 2]
+    pairs, stats = select_pairs(queries, targets, greedy, samples, reward)
+    # 1st: a sample beats greedy -> (sample, greedy); 2nd: greedy is best -> (greedy, worst sample); 3rd: all equal
+    assert [(row["chosen"], row["rejected"]) for row in pairs] == [
+        ("two men playing chess", "a red car"),
+        ("a red car in the snow", "a cat"),
+    ]
+    assert [row["rejected_is_greedy"] for row in pairs] == [True, False]
+    assert all(row["chosen_reward"] > row["rejected_reward"] and row["chosen_rank"] == 1 for row in pairs)
+    assert stats["pairs"] == 2 and stats["rejected_greedy"] == 1 and stats["oracle_R@1"] == 1.0
+    assert stats["mean_chosen_reward"] > stats["mean_rejected_reward"]
+    pairs, _ = select_pairs(queries, targets, greedy, samples, reward, min_margin=2.0)
+    assert pairs == []  # a rank reward is at most 1 apart
+    with pytest.raises(ValueError, match="one entry per query"):
+        select_pairs(["q"], [0, 1], ["g"], [["s", "t"]], reward)
+
+
+def test_rank_preference_round_trains_dpo_against_the_start_and_resumes(warm_start, multi30k_path, tmp_path):
+    """A DPO round from the warm start's LoRA: pairs saved, the rewriter folder holds one adapter (not TRL's "ref"
+    copy), its weights moved from the start's, and a rerun resumes instead of training again."""
+    from safetensors.torch import load_file
+    from trl import DPOConfig, ModelConfig
+
+    from grape_hf.preference import PreferenceScriptArguments, main
+
+    out = tmp_path / "dpo"
+    argv = ["--model_name_or_path", "unused", "--init_rewriter", str(warm_start), "--dataset_name",
+            str(multi30k_path), "--max_train_images", "12", "--max_train_samples", "6", "--rounds", "1",
+            "--num_samples", "4", "--max_new_tokens", "6", "--sample_dtype", "float32", "--learning_rate", "1e-2",
+            "--corpus_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--max_length", "128",
+            "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "0.5"]  # fmt: skip
+    history = main(*parse((PreferenceScriptArguments, DPOConfig, ModelConfig), argv))
+    assert len(history) == 1 and history[0]["queries"] == 6 and 1 <= history[0]["pairs"] <= 6
+    pairs = [json.loads(line) for line in (out / "round-0" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == history[0]["pairs"] and all(row["chosen_reward"] > row["rejected_reward"] for row in pairs)
+    meta = json.loads((out / "grape_rewriter.json").read_text())
+    assert meta["training"]["stages"] == ["sft", "rank_preference"] and meta["training"]["beta"] == 0.1
+    assert not (out / "adapter" / "ref").exists()
+    start = load_file(warm_start / "adapter" / "adapter_model.safetensors")
+    trained = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys() and any(not trained[k].equal(start[k]) for k in start)
+    assert main(*parse((PreferenceScriptArguments, DPOConfig, ModelConfig), argv)) == history  # resumed
