@@ -61,6 +61,14 @@ class GRAPEScriptArguments(ScriptArguments):
     max_train_images: int | None = field(
         default=1000, metadata={"help": "Multi30k: images (and so corpus items) kept for training."}
     )
+    reward_corpus_descriptions: int = field(
+        default=1,
+        metadata={
+            "help": "Multi30k task2: the reward ranks each training image by the mean embedding of its first N "
+            "corpus_lang descriptions (1-5) instead of description 1 alone, so a rewrite is paid for matching the "
+            "image, not one annotator's words. Evaluation always ranks description 1."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Training queries kept."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Multi30k: images kept for evaluation."})
     max_eval_samples: int | None = field(
@@ -115,6 +123,11 @@ class GRAPEScriptArguments(ScriptArguments):
         if self.dataset_name is None:
             raise ValueError(
                 "dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id."
+            )
+        if not 1 <= self.reward_corpus_descriptions <= 5:
+            raise ValueError(
+                f"reward_corpus_descriptions must be 1-5 (Multi30k task2 has five descriptions per image), got "
+                f"{self.reward_corpus_descriptions}."
             )
 
 

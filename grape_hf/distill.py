@@ -221,7 +221,7 @@ def run_rounds(
     template = stage_template(script_args)
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
     train = load_split(script_args, script_args.dataset_train_split, training_args.seed)
-    scorer = build_scorer(retriever, train, script_args)
+    scorer = build_scorer(retriever, train, script_args, seed=training_args.seed)
     reward = get_reward_funcs(scorer, script_args.reward_funcs[:1])[0]
     queries, targets = list(train.queries["query"]), list(train.queries["target_id"])
     references = list(train.queries[script_args.reference_column]) if template.needs_reference else None

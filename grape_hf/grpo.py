@@ -48,7 +48,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
 
     train_data = load_split(script_args, script_args.dataset_train_split, training_args.seed)
-    train_scorer = build_scorer(retriever, train_data, script_args)
+    train_scorer = build_scorer(retriever, train_data, script_args, seed=training_args.seed)
     reward_funcs = get_reward_funcs(
         train_scorer,
         script_args.reward_funcs,

@@ -38,8 +38,9 @@ def stage_template(script_args) -> PromptTemplate:
     return get_prompt_template(script_args.shift, script_args.prompt_template)
 
 
-def load_split(script_args, split: str, seed: int) -> GRAPEData:
-    """Load one split of a run's data (Multi30k options apply to a Multi30k folder only)."""
+def load_split(script_args, split: str, seed: int, corpus_index: int = 1) -> GRAPEData:
+    """Load one split of a run's data (Multi30k options apply to a Multi30k folder only; `corpus_index` picks which of
+    task2's five descriptions make the corpus)."""
     train = split == script_args.dataset_train_split
     max_queries = script_args.max_train_samples if train else script_args.max_eval_samples
     if is_multi30k_dir(script_args.dataset_name):
@@ -48,6 +49,7 @@ def load_split(script_args, split: str, seed: int) -> GRAPEData:
             "query_lang": script_args.query_lang,
             "corpus_lang": script_args.corpus_lang,
             "max_images": script_args.max_train_images if train else script_args.max_eval_images,
+            **({"corpus_index": corpus_index} if corpus_index != 1 else {}),
         }
     else:
         kwargs = {
@@ -58,10 +60,33 @@ def load_split(script_args, split: str, seed: int) -> GRAPEData:
     return load_grape_dataset(script_args.dataset_name, split=split, max_queries=max_queries, seed=seed, **kwargs)
 
 
-def build_scorer(retriever, data: GRAPEData, script_args) -> CLIPRankScorer:
-    """The frozen retriever over `data`'s corpus, embedded once and cached in grape_hf's cache folder."""
+def build_scorer(retriever, data: GRAPEData, script_args, seed: int | None = None) -> CLIPRankScorer:
+    """The frozen retriever over `data`'s corpus, embedded once and cached in grape_hf's cache folder.
+
+    Given the run's `seed`, `data` is its training split and `reward_corpus_descriptions` > 1, each image of the
+    corpus is the mean of its first N descriptions' embeddings (each description's corpus cached on its own).
+    """
     cache_dir = script_args.corpus_cache_dir or cache_home() / "corpus_embeddings"
-    return CLIPRankScorer(retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives)
+    scorer = CLIPRankScorer(
+        retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives
+    )
+    views = getattr(script_args, "reward_corpus_descriptions", 1)
+    if seed is None or views == 1:
+        return scorer
+    if not (is_multi30k_dir(script_args.dataset_name) and script_args.multi30k_task == "task2"):
+        raise ValueError(
+            f"reward_corpus_descriptions={views} needs Multi30k task2 (five descriptions per image); "
+            f"{script_args.dataset_name!r} ({script_args.multi30k_task}) has one per item: leave it at 1."
+        )
+    import torch
+
+    embeddings = [scorer.corpus_embeddings]
+    for index in range(2, views + 1):
+        view = load_split(script_args, script_args.dataset_train_split, seed, corpus_index=index)
+        embeddings.append(CLIPRankScorer(retriever, view.corpus, cache_dir=cache_dir).corpus_embeddings)
+    return CLIPRankScorer.from_embeddings(
+        retriever, torch.stack(embeddings).mean(dim=0), sampled_negatives=script_args.sampled_negatives
+    )
 
 
 def evaluate_methods(methods: dict, template: PromptTemplate, data: GRAPEData, scorer, batch_size: int = 32) -> dict:

@@ -16,7 +16,7 @@ def test_doc_examples_run():
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     examples = 0
     modules = ("prompts", "retrievers", "scorer", "rewards", "evaluation", "metrics", "configs", "rewriter_folder",
-               "cache", "negatives", "index", "sft", "distill", "trainer", "sampling", "shapes.queries")  # fmt: skip
+               "cache", "negatives", "index", "sft", "distill", "preference", "trainer", "sampling", "shapes.queries")  # fmt: skip
     for name in modules:
         for test in finder.find(importlib.import_module(f"grape_hf.{name}")):
             examples += len(test.examples)
