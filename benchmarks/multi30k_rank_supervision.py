@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--oracle", default=None, metavar="METHOD",
                         help="Also measure the best of 8 samples of METHOD's rewriter (picked knowing the target) as "
                              "oracle_best_of_8_<METHOD>, e.g. --oracle self_distillation_long_r10.")  # fmt: skip
+    parser.add_argument("--human", action="store_true",
+                        help="Also rank with the other annotators' English descriptions (2-5) of each val image as the "
+                             "query (english_description_<k>): what an independent human description reaches.")  # fmt: skip
     parser.add_argument("--ship", default=None, metavar="METHOD",
                         help="After the stages, ship METHOD's rewriter (e.g. grape_rank or grape_rank_<variant>) as "
                              "grape_hf's smollm2-135m-grape-multi30k-de, if it beats the one shipped now on the same "
@@ -163,12 +166,12 @@ def main() -> None:
     results_file = RESULTS / f"multi30k_de_rank_supervision{tag}.json"
     results = json.loads(results_file.read_text())["methods"] if results_file.is_file() else {}
 
-    def evaluate(name: str, source: str | None, **info) -> None:
+    def evaluate(name: str, source: str | None, texts: list[str] | None = None, **info) -> None:
         if name in results:
             return
         t = time.time()
         if source is None:
-            texts = queries
+            texts = texts or queries
         else:
             texts = [r[0] for r in fast_rewriter(source).rewrite(queries, batch_size=32)]
         results[name] = {**evaluate_retrieval(scorer, texts, targets), **info}
@@ -179,6 +182,11 @@ def main() -> None:
         results_file.write_text(json.dumps({"num_queries": len(queries), "methods": results}, indent=2) + "\n")
 
     evaluate("german_as_is", None)
+    if args.human:  # the ceiling of a perfect description-writer: another person's English description of the image
+        for index in range(2, 6):
+            other = load_multi30k(MULTI30K, split="validation", task="task2", query_lang="en", query_index=index,
+                                  max_queries=eval_queries, seed=0)  # fmt: skip
+            evaluate(f"english_description_{index}", None, texts=list(other.queries["query"]))
     evaluate("zero_shot", SMOLLM2_ID)
     sft_dir = run_stage("sft", out / "sft", sizes["sft"])
     evaluate("warm_start", str(sft_dir), train_cpu_minutes=minutes(sft_dir))

@@ -73,6 +73,17 @@ class DistillScriptArguments(GRAPEScriptArguments):
             )
 
 
+def check_sampled(queries: list, targets: list, greedy: list, samples: list) -> int:
+    """The number of queries, once the targets, greedy rewrites and sample groups are known to have one entry each."""
+    n = len(queries)
+    if not (len(targets) == len(greedy) == len(samples) == n):
+        raise ValueError(
+            f"queries ({n}), targets ({len(targets)}), greedy ({len(greedy)}) and samples ({len(samples)}) must have "
+            "one entry per query."
+        )
+    return n
+
+
 def select_best(
     queries: list[str],
     targets: list,
@@ -105,12 +116,7 @@ def select_best(
     ('two men playing chess', 1)
     ```
     """
-    n = len(queries)
-    if not (len(targets) == len(greedy) == len(samples) == n):
-        raise ValueError(
-            f"queries ({n}), targets ({len(targets)}), greedy ({len(greedy)}) and samples ({len(samples)}) must have "
-            "one entry per query."
-        )
+    n = check_sampled(queries, targets, greedy, samples)
     per_query = [len(s) for s in samples]
     flat = [text for group in samples for text in group]
     flat_targets = [t for t, k in zip(targets, per_query) for _ in range(k)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .distill import DistillScriptArguments, run_rounds
+from .distill import DistillScriptArguments, check_sampled, run_rounds
 from .rewards import GRAPERewardFunction
 
 
@@ -75,12 +75,7 @@ def select_pairs(
     """
     import torch
 
-    n = len(queries)
-    if not (len(targets) == len(greedy) == len(samples) == n):
-        raise ValueError(
-            f"queries ({n}), targets ({len(targets)}), greedy ({len(greedy)}) and samples ({len(samples)}) must have "
-            "one entry per query."
-        )
+    n = check_sampled(queries, targets, greedy, samples)
     groups = [[g, *s] for g, s in zip(greedy, samples)]  # index 0: the greedy rewrite
     flat = [text for group in groups for text in group]
     flat_targets = [t for t, group in zip(targets, groups) for _ in group]
