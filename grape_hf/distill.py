@@ -55,6 +55,13 @@ class DistillScriptArguments(GRAPEScriptArguments):
         },
     )
     max_new_tokens: int = field(default=32, metadata={"help": "Length of a sampled rewrite."})
+    replay: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "kept.jsonl files (or the round folders holding them) of earlier self-distillation runs with the "
+            "same prompt: their rows join every round's fine-tuning, as ReST-EM grows its dataset."
+        },
+    )
     sample_dtype: str = field(
         default="bfloat16",
         metadata={"help": "Weights of the merged sampling copy ('bfloat16' is the fast path on AMX CPUs and GPUs)."},
@@ -168,11 +175,18 @@ def sample_rewrites(
 def main(script_args: DistillScriptArguments, training_args, model_args):
     """Run the rounds; the last one is also saved to `output_dir` itself (the rewriter folder of the stage)."""
 
+    replayed = read_kept_rows(script_args.replay)
+
     def select(queries, targets, greedy, samples, reward, references):
-        return select_best(
+        kept, stats = select_best(
             queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
             max_rank=script_args.max_rank,
         )  # fmt: skip
+        if replayed:
+            seen = {(row["query"], row["rewrite"]) for row in kept}
+            kept += [row for row in replayed if (row["query"], row["rewrite"]) not in seen]
+            stats["replayed"] = len(kept) - stats["kept"]
+        return kept, stats
 
     def build_trainer(model, args, rows, template, tokenizer, peft_config):
         from datasets import Dataset
@@ -192,6 +206,21 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
     return run_rounds(
         script_args, training_args, model_args, "self_distillation", select, build_trainer, hint, "kept.jsonl"
     )
+
+
+def read_kept_rows(paths: list[str]) -> list[dict]:
+    """The rows of earlier rounds' `kept.jsonl` files (a path may be the round folder), without repeats."""
+    rows, seen = [], set()
+    for path in paths:
+        file = Path(path) / "kept.jsonl" if Path(path).is_dir() else Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"replay: {path!r} is neither a kept.jsonl file nor a round folder holding one.")
+        for line in file.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if (row["query"], row["rewrite"]) not in seen:
+                seen.add((row["query"], row["rewrite"]))
+                rows.append(row)
+    return rows
 
 
 def run_rounds(
