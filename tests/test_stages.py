@@ -143,6 +143,18 @@ def test_self_distillation_round_saves_and_resumes(warm_start, multi30k_path, tm
     meta = json.loads((out / "grape_rewriter.json").read_text())
     assert meta["training"]["stages"] == ["sft", "self_distillation"]
     assert main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), argv)) == history  # resumed, not redone
+    # --replay: an earlier run's kept rows join the fine-tuning; rows this round kept itself are not repeated
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    extra = {"query": "Ein Hund rennt.", "rewrite": "A dog runs.", "reward": 1.0}
+    (earlier / "kept.jsonl").write_text(json.dumps(extra) + "\n" + (out / "round-0" / "kept.jsonl").read_text())
+    argv[argv.index(str(out))] = str(tmp_path / "replay")
+    replayed = main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), [*argv, "--replay", str(earlier)]))
+    rows = [json.loads(line) for line in (tmp_path / "replay" / "round-0" / "kept.jsonl").read_text().splitlines()]
+    assert replayed[0]["kept"] == history[0]["kept"] and replayed[0]["replayed"] == 1
+    assert rows == [*kept, extra]
+    with pytest.raises(FileNotFoundError, match="replay: .* is neither a kept.jsonl file"):
+        main(*parse((DistillScriptArguments, SFTConfig, ModelConfig), [*argv, "--replay", str(tmp_path / "no")]))
 
 
 def test_self_distillation_of_composed_shapes_queries_from_the_base_model(_tiny_llama, tmp_path):
