@@ -98,10 +98,11 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
 
 def test_every_recipe_yaml_parses():
     """Each stage's configs (recipes/<model>/<stage>/config_*.yaml) parse with that stage's dataclasses."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
     from grape_hf.distill import DistillScriptArguments
+    from grape_hf.preference import PreferenceScriptArguments
     from grape_hf.sft import SFTScriptArguments
     from grape_hf.trainer import GRAPEConfig
 
@@ -109,6 +110,7 @@ def test_every_recipe_yaml_parses():
         "grape": (GRAPEScriptArguments, GRAPEConfig, ModelConfig),
         "sft": (SFTScriptArguments, SFTConfig, ModelConfig),
         "distill": (DistillScriptArguments, SFTConfig, ModelConfig),
+        "dpo": (PreferenceScriptArguments, DPOConfig, ModelConfig),
     }
     configs = sorted((REPO / "recipes").rglob("config_*.yaml"))
     assert {path.parent.name for path in configs} == set(stages)
