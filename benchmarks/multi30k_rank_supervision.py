@@ -310,7 +310,7 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
 
     if method not in results or not method.startswith(("grape_rank", "self_distillation_", "rank_preference_")):
         raise SystemExit(
-            f"--ship {method!r}: ship a GRPO rank stage or a self-distillation variant that was evaluated "
+            f"--ship {method!r}: ship a GRPO rank stage, a self-distillation or a rank preference variant that was evaluated "
             f"({sorted(results)})."
         )
     new, old = results[method]["R@10"], results["previously_shipped"]["R@10"]

@@ -58,8 +58,9 @@ class DistillScriptArguments(GRAPEScriptArguments):
     replay: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "kept.jsonl files (or the round folders holding them) of earlier self-distillation runs with the "
-            "same prompt: their rows join every round's fine-tuning, as ReST-EM grows its dataset."
+            "help": "Rows files (kept.jsonl; pairs.jsonl for DPO) or the round folders holding them, of earlier runs "
+            "of the same stage with the same prompt: their rows join every round's training, as ReST-EM grows its "
+            "dataset."
         },
     )
     sample_dtype: str = field(
@@ -175,18 +176,11 @@ def sample_rewrites(
 def main(script_args: DistillScriptArguments, training_args, model_args):
     """Run the rounds; the last one is also saved to `output_dir` itself (the rewriter folder of the stage)."""
 
-    replayed = read_kept_rows(script_args.replay)
-
     def select(queries, targets, greedy, samples, reward, references):
-        kept, stats = select_best(
+        return select_best(
             queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
             max_rank=script_args.max_rank,
         )  # fmt: skip
-        if replayed:
-            seen = {(row["query"], row["rewrite"]) for row in kept}
-            kept += [row for row in replayed if (row["query"], row["rewrite"]) not in seen]
-            stats["replayed"] = len(kept) - stats["kept"]
-        return kept, stats
 
     def build_trainer(model, args, rows, template, tokenizer, peft_config):
         from datasets import Dataset
@@ -204,35 +198,38 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
     if script_args.max_rank:
         hint += f" or raise max_rank ({script_args.max_rank})"
     return run_rounds(
-        script_args, training_args, model_args, "self_distillation", select, build_trainer, hint, "kept.jsonl"
-    )
+        script_args, training_args, model_args, "self_distillation", select, build_trainer, hint, "kept.jsonl",
+        key=("query", "rewrite"),
+    )  # fmt: skip
 
 
-def read_kept_rows(paths: list[str]) -> list[dict]:
-    """The rows of earlier rounds' `kept.jsonl` files (a path may be the round folder), without repeats."""
+def read_rows(paths: list[str], rows_file: str, key: tuple[str, ...]) -> list[dict]:
+    """The rows of earlier rounds' `rows_file` (a path may be the file or the round folder), one per `key` value."""
     rows, seen = [], set()
     for path in paths:
-        file = Path(path) / "kept.jsonl" if Path(path).is_dir() else Path(path)
+        file = Path(path) / rows_file if Path(path).is_dir() else Path(path)
         if not file.is_file():
-            raise FileNotFoundError(f"replay: {path!r} is neither a kept.jsonl file nor a round folder holding one.")
+            raise FileNotFoundError(f"replay: {path!r} is neither a {rows_file} file nor a round folder holding one.")
         for line in file.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            if (row["query"], row["rewrite"]) not in seen:
-                seen.add((row["query"], row["rewrite"]))
+            if tuple(row[k] for k in key) not in seen:
+                seen.add(tuple(row[k] for k in key))
                 rows.append(row)
     return rows
 
 
 def run_rounds(
-    script_args, training_args, model_args, stage: str, select, build_trainer, empty_hint: str, rows_file: str
-):
+    script_args, training_args, model_args, stage: str, select, build_trainer, empty_hint: str, rows_file: str,
+    key: tuple[str, ...],
+):  # fmt: skip
     """The sample → rank → train loop that self-distillation and rank preference optimisation share.
 
     Each round samples the greedy rewrite and `num_samples` rewrites per training query from the current policy
     (merged LoRA, `sample_dtype` weights), calls `select(queries, targets, greedy, samples, reward, references)` for
     the training rows and the round's numbers, trains on the rows with the trainer `build_trainer(model, args, rows,
     template, tokenizer, peft_config)` returns, and saves the round's rewriter folder with the rows (`rows_file`) and
-    `stats.json`. A round with `stats.json` is not redone. Returns the rounds' stats.
+    `stats.json`. The rows of `script_args.replay` join every round's, less those with a `key` this round has. A round
+    with `stats.json` is not redone. Returns the rounds' stats.
     """
     from transformers import AutoTokenizer, set_seed
     from trl import get_peft_config
@@ -252,6 +249,7 @@ def run_rounds(
         stage_template,
     )
 
+    replayed = read_rows(script_args.replay, rows_file, key)
     set_seed(training_args.seed)
     template = stage_template(script_args)
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
@@ -283,6 +281,11 @@ def run_rounds(
             )  # fmt: skip
             del model, rewriter
         rows, stats = select(queries, targets, greedy, samples, reward, references)
+        if replayed:
+            seen = {tuple(row[k] for k in key) for row in rows}
+            new = len(rows)
+            rows += [row for row in replayed if tuple(row[k] for k in key) not in seen]
+            stats["replayed"] = len(rows) - new
         if not rows:
             raise RuntimeError(f"Round {round_index}: {empty_hint} (on {len(queries)} queries).")
         model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)

@@ -156,5 +156,6 @@ def main(script_args: PreferenceScriptArguments, training_args, model_args):
     if script_args.max_rank:
         hint += f", or raise max_rank ({script_args.max_rank})"
     return run_rounds(
-        script_args, training_args, model_args, "rank_preference", select, build_trainer, hint, "pairs.jsonl"
-    )
+        script_args, training_args, model_args, "rank_preference", select, build_trainer, hint, "pairs.jsonl",
+        key=("query", "chosen", "rejected"),
+    )  # fmt: skip
