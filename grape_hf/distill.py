@@ -212,10 +212,14 @@ def read_rows(paths: list[str], rows_file: str, key: tuple[str, ...]) -> list[di
             raise FileNotFoundError(f"replay: {path!r} is neither a {rows_file} file nor a round folder holding one.")
         for line in file.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            if tuple(row[k] for k in key) not in seen:
-                seen.add(tuple(row[k] for k in key))
+            if _row_key(row, key) not in seen:
+                seen.add(_row_key(row, key))
                 rows.append(row)
     return rows
+
+
+def _row_key(row: dict, key: tuple[str, ...]) -> tuple:
+    return tuple(row[k] for k in key)
 
 
 def run_rounds(
@@ -282,10 +286,10 @@ def run_rounds(
             del model, rewriter
         rows, stats = select(queries, targets, greedy, samples, reward, references)
         if replayed:
-            seen = {tuple(row[k] for k in key) for row in rows}
-            new = len(rows)
-            rows += [row for row in replayed if tuple(row[k] for k in key) not in seen]
-            stats["replayed"] = len(rows) - new
+            seen = {_row_key(row, key) for row in rows}
+            old = [row for row in replayed if _row_key(row, key) not in seen]
+            rows += old
+            stats["replayed"] = len(old)
         if not rows:
             raise RuntimeError(f"Round {round_index}: {empty_hint} (on {len(queries)} queries).")
         model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)
