@@ -231,21 +231,23 @@ def run_shift(
         record("reference_caption", references)
     evaluate("zero_shot", SMOLLM2_ID)
     own = sizes.get(shift, {})
-    distilled = run_stage("distill", shift, folder, folder / "distill", [*sizes["distill"], *own.get("distill", [])])
-    evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
     curves = {}
-    for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
-        run = run_stage("grpo", shift, folder, folder / f"grpo-{reward}",
-                        ["--init_rewriter", str(distilled), "--reward_funcs", reward,
-                         "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
-        evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
-        curves[reward] = json.loads((run / "curves.json").read_text())
+    # A variant from zero-shot needs none of the base stages: where their numbers are recorded and their folders are
+    # gone (a fresh machine has no stage cache), they are not trained again.
+    base = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
+    skip_base = (variant is not None and variant["start_from"] == "zero_shot"
+                 and all(m in done and not (folder / f).is_dir() for m, f in base.items()))  # fmt: skip
+    if skip_base:
+        log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
+    else:
+        curves = run_base_stages(shift, folder, sizes, own, evaluate)
     if variant:
         extra = ([*sizes["distill"], *own.get("distill", [])] if variant["stage"] == "distill" else
                  ["--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
+        start = ([] if variant["start_from"] == "zero_shot" else
+                 ["--init_rewriter", str(stage_folder(variant["start_from"], folder))])  # fmt: skip
         run = run_stage(variant["stage"], shift, folder, folder / f"{variant['stage']}-{variant['name']}",
-                        ["--init_rewriter", str(stage_folder(variant["start_from"], folder)), *extra,
-                         *variant["args"]])  # fmt: skip
+                        [*start, *extra, *variant["args"]])  # fmt: skip
         evaluate(variant["method"], str(run), train_cpu_minutes=minutes(run), started_from=variant["start_from"],
                  **{f"{variant['stage']}_args": variant["args"]})  # fmt: skip
         if variant["stage"] == "grpo":
@@ -263,6 +265,23 @@ def run_shift(
             evaluate("previously_shipped", str(shipped))
     results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer),
                                "shots": SHOTS[shift][0]}  # fmt: skip
+    return curves
+
+
+def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) -> dict:
+    """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from it, each evaluated; returns the GRPO
+    runs' curves."""
+    from grape_hf.runs import stage_minutes as minutes
+
+    distilled = run_stage("distill", shift, folder, folder / "distill", [*sizes["distill"], *own.get("distill", [])])
+    evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
+    curves = {}
+    for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
+        run = run_stage("grpo", shift, folder, folder / f"grpo-{reward}",
+                        ["--init_rewriter", str(distilled), "--reward_funcs", reward,
+                         "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
+        evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
+        curves[reward] = json.loads((run / "curves.json").read_text())
     return curves
 
 
@@ -303,8 +322,8 @@ def main() -> None:
         "--start_from",
         default="self_distillation",
         metavar="METHOD",
-        help="The stage the variant starts from: self_distillation, grape_rank, grape_rank_<variant>, "
-        "self_distillation_<variant>.",
+        help="The stage the variant starts from: zero_shot (SmolLM2 with the shift's prompt), self_distillation, "
+        "grape_rank, grape_rank_<variant>, self_distillation_<variant>.",
     )
     parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
                         help="Recipe overrides for the variant, e.g. --grpo_args --reward_funcs reciprocal_rank "
@@ -457,6 +476,8 @@ def report(results: dict, curves: dict, tag: str) -> None:
     fig.savefig(RESULTS / f"shapes_grape{tag}_r10.png", dpi=110)
     plt.close(fig)
     for shift, runs in curves.items():
+        if not runs:  # no GRPO stage ran this time: keep the plot on record
+            continue
         plot_curves({f"GRPO {r}": c for r, c in runs.items()}, RESULTS / f"shapes_grape{tag}_curves_{shift}.png",
                     title=f"shapes {shift}: GRPO stages")  # fmt: skip
 
