@@ -1,0 +1,198 @@
+"""What rank-filtered self-distillation has to pick from on the shapes shifts (long-form, multilingual).
+
+    python benchmarks/shapes_samples.py kept outputs/shapes_grape/long_form/distill-lf2/round-*
+    python benchmarks/shapes_samples.py probe outputs/shapes_grape/long_form/distill --queries 48
+    python benchmarks/shapes_samples.py kept outputs/shapes_grape/multilingual/distill-r1z/round-* \
+        --task outputs/shapes_grape/multilingual/data
+    python benchmarks/shapes_samples.py probe HuggingFaceTB/SmolLM2-135M-Instruct \
+        --task outputs/shapes_grape/multilingual/data --queries 96 --temperatures 1.0 --top_ps 1.0
+
+`kept` reads the rows each round kept (`kept.jsonl`) and counts, against the training targets' captions, the share of
+the target's attribute words (colour, shape, size, position) in the kept rewrites, the rewrites with none of them, the
+rewrites with a wrong one, and the chatty ones (more than 15 words). No model runs.
+
+`probe` samples 8 rewrites of the first `--queries` training queries (multilingual: as many of each language) with a rewriter (a rewriter folder, or the base
+model with the task's prompt, `prompt.json` beside the task) at each temperature and top-p, ranks the target among the
+training images for each, and reports the best of 8 (R@1, R@10), how often it beats the greedy rewrite, the
+samples' median rank (~3 min per setting on long-form here), and how often the samples hold each of the target's
+attribute words. Multilingual queries are also counted per language.
+
+Both read the task `benchmarks/shapes_grape.py` saved (`--task`; its folder name is the shift). Each writes its part
+of benchmarks/results/shapes_samples.json (shift → mode → numbers).
+"""
+
+import argparse
+import json
+import os
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).parent / "results" / "shapes_samples.json"
+TASK = "outputs/shapes_grape/long_form/data"
+
+
+def vocabulary() -> set[str]:
+    from grape_hf.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+
+    return {*COLOURS, *SHAPES, *SIZES, *POSITIONS}
+
+
+def attribute_words(text: str, words: set[str]) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w in words}
+
+
+def kept(rounds: list[str], task: str) -> dict:
+    from datasets import load_from_disk
+
+    words = vocabulary()
+    train = load_from_disk(task)["train"]
+    caption = dict(zip(train["query"], train["target_caption"]))
+    language = dict(zip(train["query"], train["language"])) if "language" in train.column_names else {}
+    results = {}
+    for folder in rounds:
+        rows = [json.loads(line) for line in open(Path(folder) / "kept.jsonl", encoding="utf-8")]
+        share, none, wrong, chatty = [], 0, 0, 0
+        per_language = defaultdict(int)
+        for row in rows:
+            target = attribute_words(caption[row["query"]], words)
+            said = set(re.findall(r"[a-z]+", row["rewrite"].lower()))
+            share.append(len(target & said) / len(target))
+            none += not target & said
+            wrong += bool((said & words) - target)
+            chatty += len(row["rewrite"].split()) > 15
+            if language:
+                per_language[language[row["query"]]] += 1
+        stats = json.loads((Path(folder) / "stats.json").read_text())
+        results[folder] = {
+            "kept": len(rows),
+            "queries": stats["queries"],
+            "train_oracle_R@1": stats["oracle_R@1"],
+            "train_oracle_R@10": stats["oracle_R@10"],
+            "share_of_target_words": round(sum(share) / max(len(rows), 1), 3),
+            "with_no_target_word": none,
+            "with_a_wrong_word": wrong,
+            "longer_than_15_words": chatty,
+            **({"kept_per_language": dict(sorted(per_language.items()))} if language else {}),
+        }
+        print(folder, json.dumps(results[folder]), flush=True)
+    return results
+
+
+def word_recall(samples: list[list[str]], captions: list[str], groups: list[str]) -> dict:
+    """Per group (a language, or `all`) and per attribute word: how often a sample holds the word when the target's
+    caption has it (`recall`), and how often it holds it when the caption has not (`false`)."""
+    words = vocabulary()
+    counts = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))  # hit, should, false hit, should not
+    for group_samples, caption, group in zip(samples, captions, groups):
+        target = attribute_words(caption, words)
+        for sample in group_samples:
+            said = attribute_words(sample, words)
+            for key in (group, "all"):
+                for word in words:
+                    c = counts[key][word]
+                    if word in target:
+                        c[0] += word in said
+                        c[1] += 1
+                    else:
+                        c[2] += word in said
+                        c[3] += 1
+    return {
+        key: {
+            word: {"recall": round(c[0] / c[1], 3), "false": round(c[2] / max(c[3], 1), 3)}
+            for word, c in sorted(per_word.items())
+            if c[1]
+        }
+        for key, per_word in sorted(counts.items())
+    }
+
+
+def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps) -> dict:
+    import torch
+    from datasets import load_from_disk
+
+    from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
+    from grape_hf.models import cache_home
+    from grape_hf.prompts import PromptTemplate
+
+    data = load_from_disk(task)
+    train = data["train"]
+    if "language" in train.column_names:  # the split runs language by language: take the first of each, in turn
+        languages = sorted(set(train["language"]))
+        firsts = {g: [i for i, x in enumerate(train["language"]) if x == g] for g in languages}
+        train = train.select([firsts[g][k] for k in range(num_queries // len(languages)) for g in languages])
+        num_queries = len(train)
+    else:
+        train = train.select(range(num_queries))
+    retriever = load_retriever("open_clip:grape-shapes-clip@grape-shapes", device="cpu")
+    scorer = CLIPRankScorer(retriever, list(data["train_corpus"]["image"]),
+                            cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)  # fmt: skip
+    prompt = Path(task).parent / "prompt.json"
+    template = None
+    if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the task's own few-shot prompt
+        template = PromptTemplate.from_dict(json.loads(prompt.read_text()))
+    rewriter = QueryRewriter.from_pretrained(rewriter_path, template=template, dtype=torch.bfloat16, max_new_tokens=32)
+    if hasattr(rewriter.model, "merge_and_unload"):
+        rewriter.model = rewriter.model.merge_and_unload()  # merged bf16 weights: the fast path
+    queries, targets, captions = list(train["query"]), list(train["target_id"]), list(train["target_caption"])
+    groups = list(train["language"]) if "language" in train.column_names else ["all"] * num_queries
+    greedy = scorer.ranks([r[0] for r in rewriter.rewrite(queries, batch_size=16)], targets)
+    results = {"rewriter": rewriter_path, "queries": num_queries,
+               "greedy_R@10": round(float((greedy <= 10).float().mean()), 3)}  # fmt: skip
+    for temperature in temperatures:
+        for top_p in top_ps:
+            start = time.time()
+            samples = rewriter.rewrite(queries, num_rewrites=8, batch_size=8, do_sample=True,
+                                       temperature=temperature, top_k=0, top_p=top_p)  # fmt: skip
+            ranks = scorer.ranks([s for group in samples for s in group], [t for t in targets for _ in range(8)])
+            ranks = ranks.view(num_queries, 8)
+            best = ranks.min(dim=1).values
+            setting = {
+                "best_of_8_R@1": round(float((best <= 1).float().mean()), 3),
+                "best_of_8_R@10": round(float((best <= 10).float().mean()), 3),
+                "best_beats_greedy": round(float((best < greedy).float().mean()), 3),
+                "median_sample_rank": float(ranks.float().median()),
+                "seconds": round(time.time() - start),
+            }
+            if len(set(groups)) > 1:
+                setting["best_of_8_R@10_per_language"] = {
+                    g: round(float((best[[x == g for x in groups]] <= 10).float().mean()), 3)
+                    for g in sorted(set(groups))
+                }
+            setting["word_recall"] = word_recall(samples, captions, groups)
+            results[f"T{temperature}_top_p{top_p}"] = setting
+            print(temperature, top_p, json.dumps({k: v for k, v in setting.items() if k != "word_recall"}), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("kept", "probe"))
+    parser.add_argument("paths", nargs="+", help="kept: round folders; probe: one rewriter folder or the base model.")
+    parser.add_argument("--task", default=TASK, help=f"The shift's task folder (default {TASK}).")
+    parser.add_argument("--queries", type=int, default=48, help="probe: training queries to sample (default 48).")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8], help="probe (default 0.5 0.8).")
+    parser.add_argument("--top_ps", type=float, nargs="+", default=[1.0, 0.9], help="probe (default 1.0 0.9).")
+    args = parser.parse_args()
+    if not Path(args.task).is_dir():
+        parser.error(f"--task {args.task}: no such folder; run benchmarks/shapes_grape.py for that shift first.")
+    if args.mode == "probe" and len(args.paths) != 1:
+        parser.error(f"probe takes one rewriter folder, got {len(args.paths)}: {args.paths}.")
+    shift = Path(args.task).parent.name
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    done = results.setdefault(shift, {})
+    if args.mode == "kept":
+        done.setdefault("kept", {}).update(kept(args.paths, args.task))
+    else:
+        done["probe"] = probe(args.paths[0], args.task, args.queries, args.temperatures, args.top_ps)
+    done.setdefault("_meta", {})[args.mode] = "python benchmarks/shapes_samples.py " + " ".join(
+        [args.mode, *args.paths, *(["--task", args.task] if args.task != TASK else [])]
+    )
+    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
