@@ -18,13 +18,14 @@ samples' median rank (~3 min per setting on long-form here), and how often the s
 attribute words. Multilingual queries are also counted per language.
 
 Both read the task `benchmarks/shapes_grape.py` saved (`--task`; its folder name is the shift). Each writes its part
-of benchmarks/results/shapes_samples.json (shift → mode → numbers).
+of benchmarks/results/shapes_samples.json (shift → `kept` → round folder, or `probe` → rewriter → numbers).
 """
 
 import argparse
 import json
 import os
 import re
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -187,10 +188,15 @@ def main() -> None:
     if args.mode == "kept":
         done.setdefault("kept", {}).update(kept(args.paths, args.task))
     else:
-        done["probe"] = probe(args.paths[0], args.task, args.queries, args.temperatures, args.top_ps)
-    done.setdefault("_meta", {})[args.mode] = "python benchmarks/shapes_samples.py " + " ".join(
-        [args.mode, *args.paths, *(["--task", args.task] if args.task != TASK else [])]
-    )
+        done.setdefault("probe", {})[args.paths[0]] = probe(
+            args.paths[0], args.task, args.queries, args.temperatures, args.top_ps
+        )
+    command = " ".join(["python benchmarks/shapes_samples.py", *sys.argv[1:]])
+    meta = done.setdefault("_meta", {})
+    if args.mode == "kept":
+        meta["kept"] = command
+    else:
+        meta.setdefault("probe", {})[args.paths[0]] = command
     RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
