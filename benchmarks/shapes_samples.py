@@ -11,11 +11,11 @@
 the target's attribute words (colour, shape, size, position) in the kept rewrites, the rewrites with none of them, the
 rewrites with a wrong one, and the chatty ones (more than 15 words). No model runs.
 
-`probe` samples 8 rewrites of the first `--queries` training queries (multilingual: as many of each language) with a rewriter (a rewriter folder, or the base
-model with the task's prompt, `prompt.json` beside the task) at each temperature and top-p, ranks the target among the
-training images for each, and reports the best of 8 (R@1, R@10), how often it beats the greedy rewrite, the
-samples' median rank (~3 min per setting on long-form here), and how often the samples hold each of the target's
-attribute words. Multilingual queries are also counted per language.
+`probe` samples 8 rewrites of the first `--queries` training queries (multilingual: as many of each language) with a
+rewriter (a rewriter folder, or the base model with a few-shot prompt: `--prompt`, by default `prompt.json` beside the
+task) at each temperature and top-p, and ranks the target among the training images for each. It reports the best
+of 8 (R@1, R@10), how often it beats the greedy rewrite, the samples' median rank (~3 min per setting on long-form
+here), and how often the samples hold each of the target's attribute words (per language on multilingual).
 
 Both read the task `benchmarks/shapes_grape.py` saved (`--task`; its folder name is the shift). Each writes its part
 of benchmarks/results/shapes_samples.json (shift → `kept` → round folder, or `probe` → rewriter → numbers).
@@ -111,7 +111,7 @@ def word_recall(samples: list[list[str]], captions: list[str], groups: list[str]
     }
 
 
-def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps) -> dict:
+def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps, prompt: Path) -> dict:
     import torch
     from datasets import load_from_disk
 
@@ -131,9 +131,8 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps)
     retriever = load_retriever("open_clip:grape-shapes-clip@grape-shapes", device="cpu")
     scorer = CLIPRankScorer(retriever, list(data["train_corpus"]["image"]),
                             cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)  # fmt: skip
-    prompt = Path(task).parent / "prompt.json"
     template = None
-    if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the task's own few-shot prompt
+    if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the few-shot prompt given
         template = PromptTemplate.from_dict(json.loads(prompt.read_text()))
     rewriter = QueryRewriter.from_pretrained(rewriter_path, template=template, dtype=torch.bfloat16, max_new_tokens=32)
     if hasattr(rewriter.model, "merge_and_unload"):
@@ -176,6 +175,8 @@ def main() -> None:
     parser.add_argument("--task", default=TASK, help=f"The shift's task folder (default {TASK}).")
     parser.add_argument("--queries", type=int, default=48, help="probe: training queries to sample (default 48).")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8], help="probe (default 0.5 0.8).")
+    parser.add_argument("--prompt", default=None,
+                        help="probe, with the base model: its few-shot prompt (default: prompt.json beside --task).")  # fmt: skip
     parser.add_argument("--top_ps", type=float, nargs="+", default=[1.0, 0.9], help="probe (default 1.0 0.9).")
     args = parser.parse_args()
     if not Path(args.task).is_dir():
@@ -188,15 +189,17 @@ def main() -> None:
     if args.mode == "kept":
         done.setdefault("kept", {}).update(kept(args.paths, args.task))
     else:
-        done.setdefault("probe", {})[args.paths[0]] = probe(
-            args.paths[0], args.task, args.queries, args.temperatures, args.top_ps
+        prompt = Path(args.prompt or Path(args.task).parent / "prompt.json")
+        name = args.paths[0] if Path(args.paths[0]).is_dir() else f"{args.paths[0]} with {prompt}"
+        done.setdefault("probe", {})[name] = probe(
+            args.paths[0], args.task, args.queries, args.temperatures, args.top_ps, prompt
         )
     command = " ".join(["python benchmarks/shapes_samples.py", *sys.argv[1:]])
     meta = done.setdefault("_meta", {})
     if args.mode == "kept":
         meta["kept"] = command
     else:
-        meta.setdefault("probe", {})[args.paths[0]] = command
+        meta.setdefault("probe", {})[name] = command
     RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
