@@ -234,9 +234,8 @@ def run_shift(
     curves = {}
     # A variant from zero-shot needs none of the base stages: where their numbers are recorded and their folders are
     # gone (a fresh machine has no stage cache), they are not trained again.
-    base = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
     skip_base = (variant is not None and variant["start_from"] == "zero_shot"
-                 and all(m in done and not (folder / f).is_dir() for m, f in base.items()))  # fmt: skip
+                 and all(m in done and not (folder / f).is_dir() for m, f in BASE_STAGES.items()))  # fmt: skip
     if skip_base:
         log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
     else:
@@ -268,6 +267,10 @@ def run_shift(
     return curves
 
 
+# The base stages' methods and their folders in a shift's stage cache.
+BASE_STAGES = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
+
+
 def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) -> dict:
     """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from it, each evaluated; returns the GRPO
     runs' curves."""
@@ -288,13 +291,12 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) 
 def stage_folder(method: str, folder: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
     folder/grpo-<v>, self_distillation_<v> -> folder/distill-<v>."""
-    stems = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
-    stem = stems.get(method)
+    stem = BASE_STAGES.get(method)
     for prefix, variant_stem in (("grape_rank_", "grpo-"), ("self_distillation_", "distill-")):
         if stem is None and method.startswith(prefix):
             stem = variant_stem + method.removeprefix(prefix)
     if stem is None:
-        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(stems)}, "
+        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(BASE_STAGES)}, "
                          "grape_rank_<variant> or self_distillation_<variant>.")  # fmt: skip
     if not (folder / stem / "grape_rewriter.json").is_file():
         raise SystemExit(f"--start_from {method}: no finished stage at {folder / stem}; train it first.")

@@ -60,10 +60,10 @@ def kept(rounds: list[str], task: str) -> dict:
         per_language = defaultdict(int)
         for row in rows:
             target = attribute_words(caption[row["query"]], words)
-            said = set(re.findall(r"[a-z]+", row["rewrite"].lower()))
+            said = attribute_words(row["rewrite"], words)
             share.append(len(target & said) / len(target))
             none += not target & said
-            wrong += bool((said & words) - target)
+            wrong += bool(said - target)
             chatty += len(row["rewrite"].split()) > 15
             if language:
                 per_language[language[row["query"]]] += 1
@@ -117,13 +117,14 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
 
     from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
     from grape_hf.models import cache_home
-    from grape_hf.prompts import PromptTemplate
+    from grape_hf.prompts import get_prompt_template
 
     data = load_from_disk(task)
     train = data["train"]
     if "language" in train.column_names:  # the split runs language by language: take the first of each, in turn
-        languages = sorted(set(train["language"]))
-        firsts = {g: [i for i, x in enumerate(train["language"]) if x == g] for g in languages}
+        column = train["language"]
+        languages = sorted(set(column))
+        firsts = {g: [i for i, x in enumerate(column) if x == g] for g in languages}
         train = train.select([firsts[g][k] for k in range(num_queries // len(languages)) for g in languages])
         num_queries = len(train)
     else:
@@ -133,7 +134,7 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
                             cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)  # fmt: skip
     template = None
     if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the few-shot prompt given
-        template = PromptTemplate.from_dict(json.loads(prompt.read_text()))
+        template = get_prompt_template(template=str(prompt))
     rewriter = QueryRewriter.from_pretrained(rewriter_path, template=template, dtype=torch.bfloat16, max_new_tokens=32)
     if hasattr(rewriter.model, "merge_and_unload"):
         rewriter.model = rewriter.model.merge_and_unload()  # merged bf16 weights: the fast path

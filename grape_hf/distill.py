@@ -212,8 +212,9 @@ def read_rows(paths: list[str], rows_file: str, key: tuple[str, ...]) -> list[di
             raise FileNotFoundError(f"replay: {path!r} is neither a {rows_file} file nor a round folder holding one.")
         for line in file.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            if _row_key(row, key) not in seen:
-                seen.add(_row_key(row, key))
+            row_key = _row_key(row, key)
+            if row_key not in seen:
+                seen.add(row_key)
                 rows.append(row)
     return rows
 
