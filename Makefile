@@ -1,5 +1,5 @@
 # `make demo`: set up .venv and run the offline default GRAPE job (train, then evaluate before/after).
-# `make test`: set up .venv and run the test-suite. `make quality`: ruff.
+# `make test`: set up .venv (and chromium, for the Space's browser test) and run the test-suite. `make quality`: ruff.
 # `make space`: set up .venv and start the Gradio Space (spaces/app.py) on http://127.0.0.1:$(PORT).
 .PHONY: setup demo test quality style space
 
@@ -21,6 +21,7 @@ space: setup
 	GRADIO_SERVER_PORT=$(PORT) $(BIN)/python spaces/app.py
 
 test: setup
+	@bash scripts/setup_browser.sh
 	$(BIN)/python -m pytest -q
 
 quality: setup

@@ -24,7 +24,7 @@ EVALUATION = {
     "num_queries": 1000,
 }
 PUBLISHED = {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "grape_rewriter.json",
-             "grape_rewrite_pipeline.py", "rewriter_folder.py", "grape_prompts.json", "README.md"}  # fmt: skip
+             "grape_rewrite_pipeline.py", "rewriter_folder.py", "devices.py", "grape_prompts.json", "README.md"}  # fmt: skip
 
 
 def rewriter_config(base: str, **overrides):

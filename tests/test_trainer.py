@@ -108,6 +108,7 @@ def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k
         tiny_llama_dir, minilm, multi30k_path, tmp_path, max_steps=1, per_device_train_batch_size=3,
         num_generations=3, max_completion_length=6, learning_rate=5e-2, bf16=True, lora_autocast_inputs=True,
         shared_prompt_forward=True, model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
+        generation_dtype="bfloat16",  # explicit: "auto" would pick fp32 on a CPU without native bf16
     )  # fmt: skip
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
