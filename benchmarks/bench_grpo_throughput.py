@@ -1,10 +1,11 @@
 """GRPO throughput on this CPU: the Multi30k recipe before and after the fast path, in one run.
 
-"before" is `recipes/SmolLM2-135M-Instruct/grape/config_multi30k_de.yaml` as it was at commit d267acd (a copy lives
-in `benchmarks/configs/grpo_throughput_before.yaml`); "after" is the recipe's config now (bf16 base, merged bf16
+"before" is the GRPO recipe's `config_multi30k_de.yaml` as it was at commit d267acd (then in
+`recipes/SmolLM2-135M-Instruct/grape/`, now `.../grpo/`; a copy lives in
+`benchmarks/configs/grpo_throughput_before.yaml`); "after" is the recipe's config now (bf16 base, merged bf16
 sampling, 4 optimizer steps a generation round, no gradient checkpointing). Both run through the recipe's own
-`grape_hf.grpo.main` with `--use_cpu true`, the same model, LoRA, data, seed and completion length, for the same
-number of steps, one after the other (never two heavy jobs at once on 2 cores). Completions per second is the
+`grape_hf.training.grpo.main` with `--use_cpu true`, the same model, LoRA, data, seed and completion length, for the
+same number of steps, one after the other (never two heavy jobs at once on 2 cores). Completions per second is the
 completions the optimizer consumed (batch x steps) over the training wall time; the per-step reward curves show
 whether the fast path changes what is learned.
 
@@ -29,12 +30,26 @@ REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
 CONFIGS = {
     "before": REPO / "benchmarks" / "configs" / "grpo_throughput_before.yaml",
-    "after": REPO / "recipes" / "SmolLM2-135M-Instruct" / "grape" / "config_multi30k_de.yaml",
+    "after": REPO / "recipes" / "SmolLM2-135M-Instruct" / "grpo" / "config_multi30k_de.yaml",
 }
-SETTINGS = ("per_device_train_batch_size", "num_generations", "steps_per_generation", "generation_batch_size",
-            "max_completion_length", "bf16", "gradient_checkpointing", "merged_generation", "generation_dtype",
-            "learning_rate", "seed", "shared_prompt_forward", "old_logps_from_sampler", "group_batches",
-            "contiguous_lm_head_inputs", "pack_completions")  # fmt: skip
+SETTINGS = (
+    "per_device_train_batch_size",
+    "num_generations",
+    "steps_per_generation",
+    "generation_batch_size",
+    "max_completion_length",
+    "bf16",
+    "gradient_checkpointing",
+    "merged_generation",
+    "generation_dtype",
+    "learning_rate",
+    "seed",
+    "shared_prompt_forward",
+    "old_logps_from_sampler",
+    "group_batches",
+    "contiguous_lm_head_inputs",
+    "pack_completions",
+)
 
 
 def run(name: str, steps: int, output_dir: Path) -> dict:
@@ -42,13 +57,33 @@ def run(name: str, steps: int, output_dir: Path) -> dict:
     from trl import ModelConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
-    from grape_hf.grpo import main
-    from grape_hf.trainer import GRAPEConfig
+    from grape_hf.training.grpo import main
+    from grape_hf.training.trainer import GRAPEConfig
 
-    argv = ["--config", str(CONFIGS[name]), "--use_cpu", "true", "--dataset_name", str(MULTI30K),
-            "--max_steps", str(steps), "--evaluate_before_after", "false", "--output_dir", str(output_dir / name),
-            "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
-            "--lr_scheduler_type", "constant", "--warmup_steps", "0"]  # fmt: skip
+    argv = [
+        "--config",
+        str(CONFIGS[name]),
+        "--use_cpu",
+        "true",
+        "--dataset_name",
+        str(MULTI30K),
+        "--max_steps",
+        str(steps),
+        "--evaluate_before_after",
+        "false",
+        "--output_dir",
+        str(output_dir / name),
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--lr_scheduler_type",
+        "constant",
+        "--warmup_steps",
+        "0",
+    ]
     script_args, training_args, model_args = TrlParser(
         (GRAPEScriptArguments, GRAPEConfig, ModelConfig)
     ).parse_args_and_config(args=argv, fail_with_unknown_args=True)

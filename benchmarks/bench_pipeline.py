@@ -65,8 +65,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)."
     )
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="Weights of the rewriter: bf16 is the fast path on CPUs with AMX and on GPUs.")  # fmt: skip
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="Weights of the rewriter: bf16 is the fast path on CPUs with AMX and on GPUs.",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

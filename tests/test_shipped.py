@@ -1,11 +1,12 @@
-"""The rewriters shipped inside grape_hf (the Multi30k one by benchmarks/multi30k_rank_supervision.py --ship) load offline in one line."""
+"""The rewriters shipped inside grape_hf (the Multi30k one by benchmarks/multi30k_rank_supervision.py --ship) load
+offline in one line."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from grape_hf.rewriter import shipped_rewriter_path, shipped_rewriters
+from grape_hf.rewriting.rewriter import shipped_rewriter_path, shipped_rewriters
 
 
 def test_shipped_multi30k_rewriter_is_self_describing():
@@ -35,7 +36,7 @@ def test_shipped_rewriter_runs_through_the_pipeline(smollm2_tokenizer_dir):
 
 def test_shipped_rewriter_loads_as_a_query_rewriter_without_remote_code(smollm2_tokenizer_dir):
     """No trust_remote_code prompt: the folder's config.json maps to remote code that grape_hf must not need."""
-    from grape_hf.rewriter import QueryRewriter
+    from grape_hf.rewriting.rewriter import QueryRewriter
 
     rewriter = QueryRewriter.from_pretrained(str(shipped_rewriter_path()), max_new_tokens=16)
     assert "German" in rewriter.template.user
@@ -92,10 +93,10 @@ def test_shipped_shapes_rewriters_run_through_the_pipeline(name, smollm2_tokeniz
 @pytest.mark.parametrize("name", shipped_rewriters())
 def test_shipped_remote_code_equals_the_source(name):
     """Each shipped folder's remote-code modules are the package's own, copied at save time (as on the Hub)."""
-    from grape_hf.rewriter_folder import remote_code_files
+    from grape_hf.rewriting.folder import remote_code_files
 
     folder = shipped_rewriter_path(name)
     for filename, source in remote_code_files().items():
         assert (folder / filename).read_bytes() == source.read_bytes(), (
-            f"{name}/{filename} is stale: run grape_hf.rewriter_folder.refresh_remote_code(folder)"
+            f"{name}/{filename} is stale: run grape_hf.rewriting.folder.refresh_remote_code(folder)"
         )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .evaluation import evaluate_retrieval
-from .prompts import PromptTemplate
-from .rewriter import QueryRewriter
-from .scorer import CLIPRankScorer
+from ..evaluation import evaluate_retrieval
+from ..retrieval.scorer import RankScorer
+from ..rewriting.prompts import PromptTemplate
+from ..rewriting.rewriter import QueryRewriter
 
 
 class RetrievalEvalCallback(TrainerCallback):
@@ -15,10 +15,10 @@ class RetrievalEvalCallback(TrainerCallback):
     model being trained and log `eval_retrieval/{R@1,R@5,R@10,MRR,nDCG@10,mean_rank}` into the trainer's logs.
 
     Args:
-        scorer ([`~grape_hf.scorer.CLIPRankScorer`]): The held-out corpus.
+        scorer ([`~grape_hf.retrieval.scorer.RankScorer`]): The held-out corpus.
         queries (`list[str]`), target_ids (`list`): The held-out queries and their right corpus ids.
         tokenizer: The rewriter's tokenizer.
-        template ([`~grape_hf.prompts.PromptTemplate`]): The prompt the rewriter is trained with.
+        template ([`~grape_hf.rewriting.prompts.PromptTemplate`]): The prompt the rewriter is trained with.
         eval_steps (`int`, *optional*, defaults to `20`): How often to measure.
         references (`list[str]`, *optional*): Reference captions for composed queries.
         max_new_tokens (`int`, *optional*, defaults to `32`), batch_size (`int`, *optional*, defaults to `32`).
@@ -28,7 +28,7 @@ class RetrievalEvalCallback(TrainerCallback):
 
     def __init__(
         self,
-        scorer: CLIPRankScorer,
+        scorer: RankScorer,
         queries,
         target_ids,
         tokenizer,

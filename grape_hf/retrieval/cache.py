@@ -1,8 +1,8 @@
 """The on-disk cache of corpus embeddings, keyed by what produced them.
 
 A cache file `corpus-<key>.safetensors` holds one `(N, D)` float32 matrix. The key hashes the retriever's spec, a
-fingerprint of its weights ([`~grape_hf.retrievers.Retriever.fingerprint`]) and the corpus content, so a model
-retrained at the same path, or a relative path that names another model, never reuses stale embeddings.
+fingerprint of its weights ([`~grape_hf.retrieval.retrievers.Retriever.fingerprint`]) and the corpus content, so a
+model retrained at the same path, or a relative path that names another model, never reuses stale embeddings.
 
 - Loading reads the whole file into memory: a scorer never depends on the file afterwards (rewriting or truncating
   it cannot change its scores or crash it).
@@ -64,7 +64,7 @@ class CorpusCache:
     Example:
     ```python
     >>> import tempfile, torch
-    >>> from grape_hf.cache import CorpusCache
+    >>> from grape_hf.retrieval.cache import CorpusCache
     >>> cache = CorpusCache(tempfile.mkdtemp())
     >>> key = cache.key("st:my-model", "f00d", "c0ffee")
     >>> cache.save(key, torch.eye(2), {"spec": "st:my-model"}).name

@@ -15,7 +15,7 @@ once and let its completions share it:
   own end, under a block mask, so that completions shorter than the batch's longest cost nothing either.
 
 They work on causal LMs of `transformers` that accept `past_key_values` (and, for packing, a 4-D attention mask),
-PEFT-wrapped or not. The inverse-CDF sampler itself lives in [`grape_hf.rewriter_folder`], the self-contained
+PEFT-wrapped or not. The inverse-CDF sampler itself lives in [`grape_hf.rewriting.folder`], the self-contained
 generation path that rewriter folders ship with, and is re-exported here.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .rewriter_folder import (
+from ..rewriting.folder import (
     InverseCDFSampler,
     ScoreRecorder,
     inverse_cdf_sampling,
@@ -31,9 +31,18 @@ from .rewriter_folder import (
     sampling_processors,
 )
 
-__all__ = ["GROUPED_DECODE_ATTENTION", "InverseCDFSampler", "ScoreRecorder", "grouped_decode_attention",
-           "packed_group_logps", "register_grouped_decode_attention", "sampling_processors", "shared_prefix_generate",
-           "shared_prompt_logps", "unique_rows"]  # fmt: skip
+__all__ = [
+    "GROUPED_DECODE_ATTENTION",
+    "InverseCDFSampler",
+    "ScoreRecorder",
+    "grouped_decode_attention",
+    "packed_group_logps",
+    "register_grouped_decode_attention",
+    "sampling_processors",
+    "shared_prefix_generate",
+    "shared_prompt_logps",
+    "unique_rows",
+]
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +51,7 @@ def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.sampling import unique_rows
+    >>> from grape_hf.training.group_decoding import unique_rows
     >>> unique, inverse = unique_rows(torch.tensor([[5, 6], [1, 2], [5, 6]]))
     >>> unique.tolist(), inverse.tolist()
     ([[5, 6], [1, 2]], [0, 1, 0])
@@ -85,8 +94,8 @@ def shared_prefix_generate(
     Example:
     ```python
     >>> from transformers import GenerationConfig
-    >>> from grape_hf.sampling import shared_prefix_generate
-    >>> config = GenerationConfig(max_new_tokens=16, do_sample=True, temperature=1.0, eos_token_id=tok.eos_token_id)  # doctest: +SKIP
+    >>> from grape_hf.training.group_decoding import shared_prefix_generate
+    >>> config = GenerationConfig(max_new_tokens=16, do_sample=True, eos_token_id=tok.eos_token_id)  # doctest: +SKIP
     >>> shared_prefix_generate(model, [ids, ids, ids, other], config, tok.pad_token_id).shape  # doctest: +SKIP
     torch.Size([4, 16])
     ```
@@ -102,8 +111,13 @@ def shared_prefix_generate(
         unique, inverse = unique_rows(torch.cat([input_ids, attention_mask], dim=1))
         length = input_ids.size(1)
         cache = prefill_prompts(model, unique[:, :length], unique[:, length:], inverse)
-    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                               generation_config=config, logits_processor=processors)  # fmt: skip
+    generated = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        generation_config=config,
+        logits_processor=processors,
+    )
     return _with_logps(generated[:, input_ids.size(1) :], processors, return_logps)
 
 
@@ -128,7 +142,7 @@ def shared_prompt_logps(
 
     Example:
     ```python
-    >>> from grape_hf.sampling import shared_prompt_logps
+    >>> from grape_hf.training.group_decoding import shared_prompt_logps
     >>> logps, logits = shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep=32)  # doctest: +SKIP
     ```
     """
@@ -137,8 +151,10 @@ def shared_prompt_logps(
 
     prompt_length = input_ids.size(1) - logits_to_keep
     if prompt_length < 1:
-        raise ValueError(f"shared_prompt_logps needs a prompt before the completion; got {input_ids.size(1)} tokens "
-                         f"with logits_to_keep={logits_to_keep}.")  # fmt: skip
+        raise ValueError(
+            f"shared_prompt_logps needs a prompt before the completion; got {input_ids.size(1)} tokens "
+            f"with logits_to_keep={logits_to_keep}."
+        )
     prompt = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length]], dim=1)
     unique, inverse = unique_rows(prompt)
     cache = DynamicCache(config=getattr(model, "config", None))
@@ -186,8 +202,9 @@ def packed_group_logps(
 
     Example:
     ```python
-    >>> from grape_hf.sampling import packed_group_logps
-    >>> logps, entropies = packed_group_logps(model, input_ids, attention_mask, 32, compute_entropy=True)  # doctest: +SKIP
+    >>> from grape_hf.training.group_decoding import packed_group_logps
+    >>> out = packed_group_logps(model, input_ids, attention_mask, 32, compute_entropy=True)  # doctest: +SKIP
+    >>> logps, entropies = out  # doctest: +SKIP
     ```
     """
     from trl.trainer.utils import entropy_from_logits
@@ -195,8 +212,10 @@ def packed_group_logps(
     rows, total = input_ids.shape
     prompt_length = total - logits_to_keep
     if prompt_length < 1:
-        raise ValueError(f"packed_group_logps needs a prompt before the completion; got {total} tokens with "
-                         f"logits_to_keep={logits_to_keep}.")  # fmt: skip
+        raise ValueError(
+            f"packed_group_logps needs a prompt before the completion; got {total} tokens with "
+            f"logits_to_keep={logits_to_keep}."
+        )
     completion_mask = attention_mask[:, prompt_length:].bool()
     lengths = completion_mask.sum(1)
     positions_in_row = torch.arange(logits_to_keep, device=input_ids.device)
@@ -252,8 +271,9 @@ def packed_group_logps(
         input_ids=packed, attention_mask=mask[:, None], position_ids=packed_positions, logits_to_keep=length - first
     ).logits
     logits = logits.float() / temperature  # (groups, length - first, vocabulary)
-    source = torch.where(positions_in_row[None, :] == 0, prompt_ends[inverse][:, None],
-                         starts[:, None] + positions_in_row[None, :] - 1)  # fmt: skip
+    source = torch.where(
+        positions_in_row[None, :] == 0, prompt_ends[inverse][:, None], starts[:, None] + positions_in_row[None, :] - 1
+    )
     source = torch.where(completion_mask, source, prompt_ends[inverse][:, None]) - first
     group = inverse[:, None].expand_as(source)
     token_logits = logits[group, source, input_ids[:, prompt_length:]]
@@ -278,7 +298,7 @@ def grouped_decode_attention(module, query, key, value, attention_mask, dropout=
     Example:
     ```python
     >>> from transformers import AutoModelForCausalLM
-    >>> from grape_hf.sampling import register_grouped_decode_attention
+    >>> from grape_hf.training.group_decoding import register_grouped_decode_attention
     >>> name = register_grouped_decode_attention()
     >>> model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=name)  # doctest: +SKIP
     ```
@@ -305,7 +325,7 @@ def register_grouped_decode_attention() -> str:
 
     Example:
     ```python
-    >>> from grape_hf.sampling import register_grouped_decode_attention
+    >>> from grape_hf.training.group_decoding import register_grouped_decode_attention
     >>> register_grouped_decode_attention()
     'grape_grouped_sdpa'
     ```

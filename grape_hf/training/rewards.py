@@ -1,9 +1,10 @@
 """GRAPE's reward functions for TRL's `GRPOTrainer`.
 
-A reward variant maps the scorer's per-completion [`~grape_hf.scorer.RankStats`] to one float per completion.
+A reward variant maps the scorer's per-completion [`~grape_hf.retrieval.scorer.RankStats`] to one float per completion.
 [`GRAPERewardFunction`] wraps a variant in TRL's reward contract
 (`prompts, completions, **dataset_columns -> list[float]`) and logs retrieval metrics through TRL's `log_metric`.
-Variants are chosen by name (`rank`, `shaped_rank`, `reciprocal_rank`, `similarity`, `margin`), or by a dotted path to your own function.
+Variants are chosen by name (`rank`, `shaped_rank`, `reciprocal_rank`, `similarity`, `margin`), or by a dotted path to
+your own function.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .metrics import MEAN_RANK, prefix_metrics, retrieval_metrics
-from .scorer import CLIPRankScorer, RankStats
+from ..metrics import MEAN_RANK, prefix_metrics, retrieval_metrics
+from ..retrieval.scorer import RankScorer, RankStats
 
 RewardVariant = Callable[[RankStats], torch.Tensor]
 
@@ -60,10 +61,12 @@ def shaped_rank_reward(stats: RankStats) -> torch.Tensor:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.rewards import shaped_rank_reward
-    >>> from grape_hf.scorer import RankStats
-    >>> stats = RankStats(ranks=torch.tensor([1, 10, 55, 100, 5000]), target_similarity=torch.zeros(5),
-    ...                   nontarget_similarity=torch.zeros(5), topk_nontarget_similarity=torch.zeros(5), corpus_size=9000)
+    >>> from grape_hf.training.rewards import shaped_rank_reward
+    >>> from grape_hf.retrieval.scorer import RankStats
+    >>> zeros = torch.zeros(5)
+    >>> ranks = torch.tensor([1, 10, 55, 100, 5000])
+    >>> stats = RankStats(ranks=ranks, target_similarity=zeros, nontarget_similarity=zeros,
+    ...                   topk_nontarget_similarity=zeros, corpus_size=9000)
     >>> [round(x, 3) for x in shaped_rank_reward(stats).tolist()]
     [1.0, 0.5, 0.25, 0.0, 0.0]
     ```
@@ -86,10 +89,11 @@ def reciprocal_rank_reward(stats: RankStats) -> torch.Tensor:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.rewards import reciprocal_rank_reward
-    >>> from grape_hf.scorer import RankStats
-    >>> stats = RankStats(ranks=torch.tensor([1, 2, 10, 1000]), target_similarity=torch.zeros(4),
-    ...                   nontarget_similarity=torch.zeros(4), topk_nontarget_similarity=torch.zeros(4), corpus_size=9000)
+    >>> from grape_hf.training.rewards import reciprocal_rank_reward
+    >>> from grape_hf.retrieval.scorer import RankStats
+    >>> zeros = torch.zeros(4)
+    >>> stats = RankStats(ranks=torch.tensor([1, 2, 10, 1000]), target_similarity=zeros, nontarget_similarity=zeros,
+    ...                   topk_nontarget_similarity=zeros, corpus_size=9000)
     >>> [round(x, 3) for x in reciprocal_rank_reward(stats).tolist()]
     [1.0, 0.5, 0.1, 0.001]
     ```
@@ -156,10 +160,10 @@ class GRAPERewardFunction:
     r"""A TRL reward function that scores each rewritten query by where the retriever ranks its target.
 
     Args:
-        scorer ([`~grape_hf.scorer.CLIPRankScorer`]): The frozen retriever with its corpus.
+        scorer ([`~grape_hf.retrieval.scorer.RankScorer`]): The frozen retriever with its corpus.
         reward (`str` or callable, *optional*, defaults to `"rank"`): `"rank"` ([`rank_reward`]), `"similarity"`
             ([`similarity_reward`]), `"margin"` ([`margin_reward`]), a dotted path, or a function of
-            [`~grape_hf.scorer.RankStats`].
+            [`~grape_hf.retrieval.scorer.RankStats`].
         target_column (`str`, *optional*, defaults to `"target_id"`): Dataset column with the right corpus id (or a
             list of relevant ids) for each prompt.
         relative (`bool`, *optional*, defaults to `False`): Reward the improvement over the original query,
@@ -174,11 +178,11 @@ class GRAPERewardFunction:
         metric_prefix (`str`, *optional*, defaults to `"grape"`): Prefix of the logged metrics.
 
     Every call logs the completions' `mean_rank`, `R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` (the names of
-    [`~grape_hf.metrics`]),    `target_similarity` and `nontarget_similarity` (mean similarity to every non-target item: the score-inflation
-    monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded to NaN, infinity or
-    zero) as `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or degenerate one
-    counting as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average over the
-    ranked ones. So the same keys are logged on every call and, averaged over processes as TRL does, equal the
+    [`~grape_hf.metrics`]),    `target_similarity` and `nontarget_similarity` (mean similarity to every non-target
+    item: the score-inflation monitor), `empty_fraction` and `degenerate_fraction` (completions the retriever embedded
+    to NaN, infinity or zero) as `<metric_prefix>/<name>`. The rank metrics average over all completions, an empty or
+    degenerate one counting as a miss (at the worst rank, the corpus size, in `mean_rank`); the similarities average
+    over the ranked ones. So the same keys are logged on every call and, averaged over processes as TRL does, equal the
     single-process values. Inside `GRPOTrainer` they go through TRL's `log_metric`; outside it they are kept in
     `last_metrics`. Rewards are never NaN.
 
@@ -188,9 +192,9 @@ class GRAPERewardFunction:
     Example:
     ```python
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
+    >>> from grape_hf import RankScorer, GRAPERewardFunction, load_retriever
     >>> retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
-    >>> scorer = CLIPRankScorer(retriever, ["a dog on the grass", "two men play chess"], show_progress_bar=False)
+    >>> scorer = RankScorer(retriever, ["a dog on the grass", "two men play chess"], show_progress_bar=False)
     >>> reward = GRAPERewardFunction(scorer, reward="rank")
     >>> reward(prompts=["..."] * 3, completions=["men playing chess", "a dog", ""], target_id=[1, 1, 1])
     [1.0, 0.6309297680854797, 0.0]
@@ -199,7 +203,7 @@ class GRAPERewardFunction:
 
     def __init__(
         self,
-        scorer: CLIPRankScorer,
+        scorer: RankScorer,
         reward: str | RewardVariant = "rank",
         target_column: str = "target_id",
         relative: bool = False,
@@ -320,7 +324,7 @@ def is_blank(text: str) -> bool:
 
     Example:
     ```python
-    >>> from grape_hf.rewards import is_blank
+    >>> from grape_hf.training.rewards import is_blank
     >>> is_blank(" \u200b\u200d\ufeff "), is_blank("a\u200b")
     (True, False)
     ```
@@ -334,7 +338,7 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 def get_reward_funcs(
-    scorer: CLIPRankScorer,
+    scorer: RankScorer,
     reward_funcs: list[str],
     target_column: str = "target_id",
     query_column: str = "query",
@@ -344,7 +348,7 @@ def get_reward_funcs(
 
     Example:
     ```python
-    >>> from grape_hf.rewards import REWARD_VARIANTS
+    >>> from grape_hf.training.rewards import REWARD_VARIANTS
     >>> sorted(REWARD_VARIANTS)
     ['margin', 'rank', 'reciprocal_rank', 'shaped_rank', 'similarity']
     ```

@@ -1,7 +1,7 @@
-"""`CLIPRankScorer`: the rank of the right item among a whole corpus, for a frozen retriever.
+"""`RankScorer`: the rank of the right item among a whole corpus, for a frozen retriever.
 
-The corpus is embedded once (cached on disk, see [`~grape_hf.cache.CorpusCache`]) and every query is scored against
-all of it in chunks, so memory stays bounded for corpora of millions of items. The rank is exact:
+The corpus is embedded once (cached on disk, see [`~grape_hf.retrieval.cache.CorpusCache`]) and every query is scored
+against all of it in chunks, so memory stays bounded for corpora of millions of items. The rank is exact:
 
     rank(q, t) = 1 + |{ j != t : s(q, j) > s(q, t) }|
 
@@ -135,22 +135,23 @@ def degenerate_rows(q: torch.Tensor) -> torch.Tensor:
     return ~torch.isfinite(q).all(dim=1) | (torch.nan_to_num(q).norm(dim=1) < 1e-6)
 
 
-class CLIPRankScorer:
-    """Ranks a corpus for a frozen retriever and reports where the right item lands.
+class RankScorer:
+    """Ranks a corpus for a frozen retriever (CLIP, SigLIP, sentence-transformers) and reports where the right item
+    lands.
 
     Args:
-        retriever ([`~grape_hf.retrievers.Retriever`]): Encodes queries (and the corpus).
+        retriever ([`~grape_hf.retrieval.retrievers.Retriever`]): Encodes queries (and the corpus).
         corpus (`list[str]` or `list[PIL.Image.Image]`): The items to retrieve from; a `datasets` column works too.
         cache_dir (`str` or `Path`, *optional*): Where to cache the corpus embeddings (safetensors, keyed by the
-            retriever spec, a fingerprint of its weights and a hash of the corpus; see [`~grape_hf.cache`]). Checked
-            to be a writable folder before anything is embedded. No caching if `None`.
+            retriever spec, a fingerprint of its weights and a hash of the corpus; see [`~grape_hf.retrieval.cache`]).
+            Checked to be a writable folder before anything is embedded. No caching if `None`.
         chunk_size (`int`, *optional*, defaults to `65536`): Corpus items scored at once. Beyond the corpus itself,
             exact ranking holds one `num_queries x chunk_size` float32 score block, a boolean block of the same shape
             and the matmul's working memory (about one more score block): about `9 x num_queries x chunk_size`
             bytes, 36 MB for 64 queries (a bare chunked `queries @ chunk.T` peaks at about 12x).
         sampled_negatives (`int`, *optional*): If set, estimate each rank from this many negatives instead of
-            scanning the whole corpus (see [`~grape_hf.negatives.SampledNegatives`]): deterministic per (targets,
-            seed), so identical completions get identical rewards in any batch order.
+            scanning the whole corpus (see [`~grape_hf.retrieval.negatives.SampledNegatives`]): deterministic per
+            (targets, seed), so identical completions get identical rewards in any batch order.
         top_k (`int`, *optional*, defaults to `10`): How many top non-targets the margin statistic averages.
         tie_tolerance (`float`, *optional*, defaults to `1e-6`): Scores this close to the target's count as ties.
         show_progress_bar (`bool`, *optional*, defaults to `True`): Show a bar while embedding the corpus.
@@ -159,10 +160,10 @@ class CLIPRankScorer:
     Example:
     ```python
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> from grape_hf import CLIPRankScorer, load_retriever
+    >>> from grape_hf import RankScorer, load_retriever
     >>> retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     >>> corpus = ["a dog runs on the grass", "two men play chess", "a red car in the snow"]
-    >>> scorer = CLIPRankScorer(retriever, corpus, show_progress_bar=False)
+    >>> scorer = RankScorer(retriever, corpus, show_progress_bar=False)
     >>> scorer.ranks(["men playing a board game", "a dog on a lawn"], [1, 1]).tolist()
     [1, 3]
     ```
@@ -207,7 +208,7 @@ class CLIPRankScorer:
     cache_file: Path | None = None
 
     @classmethod
-    def from_embeddings(cls, retriever: Retriever, embeddings: torch.Tensor, **kwargs) -> CLIPRankScorer:
+    def from_embeddings(cls, retriever: Retriever, embeddings: torch.Tensor, **kwargs) -> RankScorer:
         """Build a scorer from precomputed corpus embeddings (`(N, D)`, normalised here), skipping the embedding."""
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -241,7 +242,7 @@ class CLIPRankScorer:
     @property
     def identity(self) -> dict[str, str]:
         """What produced the corpus embeddings: the retriever spec, its weight fingerprint and the corpus hash (an
-        index built for another identity is refused, see [`~grape_hf.index.CorpusIndex`])."""
+        index built for another identity is refused, see [`~grape_hf.retrieval.index.CorpusIndex`])."""
         return {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint(), "corpus": self.corpus_hash}
 
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
@@ -388,3 +389,7 @@ class CLIPRankScorer:
             best_ids = best_ids.gather(1, order)
         best_scores[degenerate] = -float("inf")
         return best_scores, best_ids
+
+
+# The first name, from when only CLIP retrievers were ranked; kept so that existing code keeps working.
+CLIPRankScorer = RankScorer

@@ -1,8 +1,8 @@
 r"""Rank-filtered self-distillation: the policy learns from its own rewrites that the retriever ranks best.
 
 Each round samples `num_samples` rewrites per training query from the current rewriter, scores every one with the
-same reward object GRPO uses ([`~grape_hf.rewards.GRAPERewardFunction`] over a
-[`~grape_hf.scorer.CLIPRankScorer`]), keeps the best sample of a query where it beats the greedy rewrite by more
+same reward object GRPO uses ([`~grape_hf.training.rewards.GRAPERewardFunction`] over a
+[`~grape_hf.retrieval.scorer.RankScorer`]), keeps the best sample of a query where it beats the greedy rewrite by more
 than `min_improvement`, and fine-tunes on the kept (query, rewrite) pairs with TRL's SFTTrainer. It is the
 self-driven warm-up of ConvSearch-R1 and the rejection-sampling fine-tuning of RAFT (arXiv 2504.11343) repeated for a
 few rounds as in ReST-EM: no labels, only what the retriever's ranking picks.
@@ -34,7 +34,7 @@ class DistillScriptArguments(GRAPEScriptArguments):
 
     Example:
     ```python
-    >>> from grape_hf.distill import DistillScriptArguments
+    >>> from grape_hf.training.distill import DistillScriptArguments
     >>> DistillScriptArguments(dataset_name="../shared/data/multi30k").num_samples
     8
     ```
@@ -109,14 +109,15 @@ def select_best(
 
     Returns:
         `tuple`: `(kept, stats)`: kept rows `{"query", "rewrite", "reward", "greedy_reward", "rank"}` (and
-        `"reference"`), and the round's numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@1` / `oracle_R@10` of the best samples).
+        `"reference"`), and the round's numbers (`kept`, `mean_greedy_reward`, `mean_best_reward`, `oracle_R@1` /
+        `oracle_R@10` of the best samples).
 
     Example:
     ```python
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
-    >>> from grape_hf.distill import select_best
-    >>> scorer = CLIPRankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"),
+    >>> from grape_hf import RankScorer, GRAPERewardFunction, load_retriever
+    >>> from grape_hf.training.distill import select_best
+    >>> scorer = RankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"),
     ...                         ["a dog on the grass", "two men play chess"], show_progress_bar=False)
     >>> kept, stats = select_best(["Zwei Männer"], [1], ["a dog"], [["a dog", "two men playing chess"]],
     ...                           GRAPERewardFunction(scorer))
@@ -140,8 +141,13 @@ def select_best(
     kept = []
     for i, ((text, value), rank) in enumerate(zip(best, oracle.tolist())):
         if value > greedy_rewards[i] + min_improvement and (max_rank is None or rank <= max_rank):
-            row = {"query": queries[i], "rewrite": text, "reward": value, "greedy_reward": greedy_rewards[i],
-                   "rank": rank}  # fmt: skip
+            row = {
+                "query": queries[i],
+                "rewrite": text,
+                "reward": value,
+                "greedy_reward": greedy_rewards[i],
+                "rank": rank,
+            }
             kept.append(row if references is None else {**row, "reference": references[i]})
     stats = {
         "queries": n,
@@ -158,7 +164,8 @@ def select_best(
 def sample_rewrites(
     rewriter, queries: list[str], num_samples: int, temperature: float, batch_size: int, references=None
 ):
-    """The greedy rewrite and `num_samples` sampled ones per query, with a [`~grape_hf.rewriter.QueryRewriter`]."""
+    """The greedy rewrite and `num_samples` sampled ones per query, with a
+    [`~grape_hf.rewriting.rewriter.QueryRewriter`]."""
     greedy = [r[0] for r in rewriter.rewrite(queries, references=references, batch_size=batch_size)]
     samples = rewriter.rewrite(
         queries,
@@ -178,9 +185,15 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
 
     def select(queries, targets, greedy, samples, reward, references):
         return select_best(
-            queries, targets, greedy, samples, reward, script_args.min_improvement, references=references,
+            queries,
+            targets,
+            greedy,
+            samples,
+            reward,
+            script_args.min_improvement,
+            references=references,
             max_rank=script_args.max_rank,
-        )  # fmt: skip
+        )
 
     def build_trainer(model, args, rows, template, tokenizer, peft_config):
         from datasets import Dataset
@@ -198,9 +211,16 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
     if script_args.max_rank:
         hint += f" or raise max_rank ({script_args.max_rank})"
     return run_rounds(
-        script_args, training_args, model_args, "self_distillation", select, build_trainer, hint, "kept.jsonl",
+        script_args,
+        training_args,
+        model_args,
+        "self_distillation",
+        select,
+        build_trainer,
+        hint,
+        "kept.jsonl",
         key=("query", "rewrite"),
-    )  # fmt: skip
+    )
 
 
 def read_rows(paths: list[str], rows_file: str, key: tuple[str, ...]) -> list[dict]:
@@ -224,9 +244,16 @@ def _row_key(row: dict, key: tuple[str, ...]) -> tuple:
 
 
 def run_rounds(
-    script_args, training_args, model_args, stage: str, select, build_trainer, empty_hint: str, rows_file: str,
+    script_args,
+    training_args,
+    model_args,
+    stage: str,
+    select,
+    build_trainer,
+    empty_hint: str,
+    rows_file: str,
     key: tuple[str, ...],
-):  # fmt: skip
+):
     """The sample → rank → train loop that self-distillation and rank preference optimisation share.
 
     Each round samples the greedy rewrite and `num_samples` rewrites per training query from the current policy
@@ -239,12 +266,12 @@ def run_rounds(
     from transformers import AutoTokenizer, set_seed
     from trl import get_peft_config
 
-    from .models import resolve_model_path
-    from .retrievers import load_retriever
+    from ..models import resolve_model_path
+    from ..retrieval.retrievers import load_retriever
+    from ..rewriting.folder import load_rewriter
+    from ..rewriting.rewriter import QueryRewriter
     from .rewards import get_reward_funcs
-    from .rewriter import QueryRewriter
-    from .rewriter_folder import load_rewriter
-    from .runs import (
+    from .stages import (
         Stopwatch,
         build_rewriter_config,
         build_scorer,
@@ -281,9 +308,13 @@ def run_rounds(
                 model = model.merge_and_unload()  # sampling needs no adapter: merged weights are faster
             rewriter = QueryRewriter(model, tokenizer, template, max_new_tokens=script_args.max_new_tokens)
             greedy, samples = sample_rewrites(
-                rewriter, queries, script_args.num_samples, script_args.sample_temperature,
-                script_args.sample_batch_size, references,
-            )  # fmt: skip
+                rewriter,
+                queries,
+                script_args.num_samples,
+                script_args.sample_temperature,
+                script_args.sample_batch_size,
+                references,
+            )
             del model, rewriter
         rows, stats = select(queries, targets, greedy, samples, reward, references)
         if replayed:

@@ -24,7 +24,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE_DIR = Path(__file__).parent
+_PACKAGE_DIR = Path(__file__).parents[1]
 MODEL_CONFIGS_DIR = _PACKAGE_DIR / "model_configs"
 ASSETS_DIR = _PACKAGE_DIR / "assets"
 # Pretrained tags for the open_clip architectures grape_hf ships: arch -> tag -> checkpoint inside the package.
@@ -73,6 +73,29 @@ class Retriever(ABC):
 
     def _count_text_tokens(self, texts: list[str]) -> list[int] | None:
         """Token counts before truncation, to warn once when a query does not fit. None if unknown."""
+        return None
+
+    @property
+    def text_context_length(self) -> int | None:
+        """How many text tokens of a query the retriever reads, its special tokens not counted; `None` if unknown.
+        A longer query is cut: only its start is embedded."""
+        return None
+
+    def text_pieces(self, text: str) -> list[tuple[int, int, int]] | None:
+        """How the retriever's tokenizer splits `text`: `(start, end, tokens)` character spans in order, each with
+        the number of tokens it becomes; `None` when this retriever cannot tell.
+
+        With [`text_context_length`], where a long query is cut: at the first piece whose running token count
+        reaches the context.
+
+        Example:
+        ```python
+        >>> from grape_hf import load_retriever
+        >>> clip = load_retriever("open_clip:grape-shapes-clip@grape-shapes", device="cpu")
+        >>> clip.text_pieces("a red circle."), clip.text_context_length
+        ([(0, 1, 1), (2, 5, 1), (6, 12, 1), (12, 13, 1)], 30)
+        ```
+        """
         return None
 
     def _check_truncation(self, texts: list[str]) -> None:
@@ -195,6 +218,22 @@ class OpenCLIPRetriever(Retriever):
             return None
         return [len(inner(t)) + 2 for t in texts]  # + start and end of text
 
+    @property
+    def text_context_length(self):
+        # open_clip keeps [start] + the first context_length - 2 text tokens + [end].
+        return (self.max_text_tokens or 77) - 2
+
+    def text_pieces(self, text):
+        pattern, encode = getattr(self.tokenizer, "pat", None), getattr(self.tokenizer, "encode", None)
+        if pattern is None or encode is None:  # not open_clip's own BPE tokenizer
+            return None
+        # Its pre-tokenizer runs on the lower-cased, whitespace-normalised text; the same pattern on text.lower()
+        # finds the pieces in the original.
+        lowered = text.lower()
+        if len(lowered) != len(text):  # lower() changed the length (rare scripts): one piece, counted whole
+            return [(0, len(text), len(encode(text)))]
+        return [(m.start(), m.end(), len(encode(m.group()))) for m in pattern.finditer(lowered)]
+
     def _encode_text(self, texts):
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
@@ -226,6 +265,13 @@ class HFCLIPRetriever(Retriever):
     def _count_text_tokens(self, texts):
         return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
+    @property
+    def text_context_length(self):
+        return _context_without_specials(self._tokenizer, self.max_text_tokens)
+
+    def text_pieces(self, text):
+        return _offset_pieces(self._tokenizer, text)
+
     def _encode_text(self, texts):
         # SigLIP was trained on max_length padding; CLIP on dynamic padding.
         padding = "max_length" if self.is_siglip else True
@@ -237,6 +283,20 @@ class HFCLIPRetriever(Retriever):
     def _encode_image(self, images):
         inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.device)
         return _as_tensor(self.model.get_image_features(**inputs))
+
+
+def _context_without_specials(tokenizer, limit: int | None) -> int | None:
+    if tokenizer is None or not limit or not hasattr(tokenizer, "num_special_tokens_to_add"):
+        return None
+    return max(int(limit) - tokenizer.num_special_tokens_to_add(pair=False), 1)
+
+
+def _offset_pieces(tokenizer, text: str) -> list[tuple[int, int, int]] | None:
+    # One piece per token, from a fast tokenizer's offsets (a slow one has none).
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [(start, end, 1) for start, end in offsets]
 
 
 def _as_tensor(output) -> torch.Tensor:
@@ -268,6 +328,13 @@ class SentenceTransformerRetriever(Retriever):
             return None
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
+    @property
+    def text_context_length(self):
+        return _context_without_specials(getattr(self.model, "tokenizer", None), self.max_text_tokens)
+
+    def text_pieces(self, text):
+        return _offset_pieces(getattr(self.model, "tokenizer", None), text)
+
     def _encode_text(self, texts):
         return self.model.encode(texts, convert_to_tensor=True, batch_size=len(texts), show_progress_bar=False)
 
@@ -284,7 +351,7 @@ _MINILM_IDS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 def _resolve_sentence_transformer(name_or_path: str) -> str:
     if Path(name_or_path).exists() or name_or_path not in _MINILM_IDS:
         return name_or_path
-    from .models import is_offline
+    from ..models import is_offline
 
     if not is_offline():
         return name_or_path
@@ -302,7 +369,7 @@ def parse_retriever_spec(spec: str) -> tuple[str, str, str | None]:
 
     Example:
     ```python
-    >>> from grape_hf.retrievers import parse_retriever_spec
+    >>> from grape_hf.retrieval.retrievers import parse_retriever_spec
     >>> parse_retriever_spec("open_clip:ViT-B-32@laion2b_s34b_b79k")
     ('open_clip', 'ViT-B-32', 'laion2b_s34b_b79k')
     >>> parse_retriever_spec("st:all-MiniLM-L6-v2")
@@ -311,8 +378,8 @@ def parse_retriever_spec(spec: str) -> tuple[str, str, str | None]:
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
-            f"Unknown retriever spec {spec!r}: expected '<kind>:<name>' with kind one of {list(RETRIEVER_KINDS)}, e.g. "
-            "'open_clip:ViT-B-32@openai', 'hf-clip:openai/clip-vit-base-patch32', "
+            f"Unknown retriever spec {spec!r}: expected '<kind>:<name>' with kind one of {list(RETRIEVER_KINDS)}, "
+            "e.g. 'open_clip:ViT-B-32@openai', 'hf-clip:openai/clip-vit-base-patch32', "
             "'sentence-transformers:all-MiniLM-L6-v2'."
         )
     prefix, name = spec.split(":", 1)

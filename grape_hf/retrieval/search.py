@@ -15,20 +15,21 @@ class GRAPERetriever:
     """Search a corpus with rewritten queries.
 
     Args:
-        rewriter: A `pipeline("grape-rewrite")` or a [`~grape_hf.rewriter.QueryRewriter`].
-        scorer ([`~grape_hf.scorer.CLIPRankScorer`]): The frozen retriever and its embedded corpus.
+        rewriter: A `pipeline("grape-rewrite")` or a [`~grape_hf.rewriting.rewriter.QueryRewriter`].
+        scorer ([`~grape_hf.retrieval.scorer.RankScorer`]): The frozen retriever and its embedded corpus.
         rrf_k (`int`, *optional*, defaults to `60`): The fusion constant; larger flattens the rank weights.
         depth (`int`, *optional*, defaults to `100`): How deep each ranking is read for fusion.
-        index ([`~grape_hf.index.CorpusIndex`], `str` or `Path`, *optional*): A FAISS index of the scorer's corpus
+        index ([`~grape_hf.retrieval.index.CorpusIndex`], `str` or `Path`, *optional*): A FAISS index of the scorer's
+        corpus
             (or the folder `grape-hf index build` wrote) to search instead of the exact chunked scan. It must have
             been built with the scorer's retriever and corpus; another one is refused, naming both.
 
     Example:
     ```python
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> from grape_hf import CLIPRankScorer, GRAPERetriever, load_retriever
+    >>> from grape_hf import RankScorer, GRAPERetriever, load_retriever
     >>> corpus = ["a dog runs on the grass", "two men play chess", "a red car in the snow"]
-    >>> scorer = CLIPRankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"), corpus,
+    >>> scorer = RankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"), corpus,
     ...                         show_progress_bar=False)
     >>> search = GRAPERetriever(rewriter, scorer)  # doctest: +SKIP
     >>> search.search("Zwei Männer spielen Schach", k=2)["rewritten"]["ids"]  # doctest: +SKIP

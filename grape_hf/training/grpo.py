@@ -1,10 +1,11 @@
 """The GRAPE training run: GRPO on a query rewriter, rewarded by a frozen retriever's ranking.
 
 `main(script_args, training_args, model_args)` is what `recipes/grpo_grape.py` calls (`training_args` a
-[`~grape_hf.trainer.GRAPEConfig`] or a plain `GRPOConfig`); it can be called from Python with the three dataclasses
-too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
-folder (`--init_rewriter`, e.g. the [`~grape_hf.sft`] warm start), resumes from the last checkpoint in `output_dir`,
-logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model card.
+[`~grape_hf.training.trainer.GRAPEConfig`] or a plain `GRPOConfig`); it can be called from Python with the three
+dataclasses too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
+folder (`--init_rewriter`, e.g. the [`~grape_hf.training.sft`] warm start), resumes from the last checkpoint in
+`output_dir`, logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model
+card.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import json
 import logging
 from pathlib import Path
 
+from ..evaluation import markdown_table, plot_curves, save_results, training_curves
+from ..retrieval.retrievers import load_retriever
+from ..rewriting.prompts import to_prompt_dataset
+from ..rewriting.rewriter import QueryRewriter
 from .configs import GRAPEScriptArguments
-from .evaluation import markdown_table, plot_curves, save_results, training_curves
-from .prompts import to_prompt_dataset
-from .retrievers import load_retriever
 from .rewards import get_reward_funcs
-from .rewriter import QueryRewriter
-from .runs import (
+from .stages import (
     Stopwatch,
     build_rewriter_config,
     build_scorer,
@@ -89,7 +90,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
                 eval_steps=script_args.curve_eval_steps,
                 references=references,
                 max_new_tokens=training_args.max_completion_length,
-            )  # fmt: skip
+            )
         )
     trainer = GRAPETrainer(
         model=model,
@@ -167,7 +168,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         save_stage(trainer, tokenizer, output_dir, config, model_args)
         say(f"Rewriter saved to {output_dir}.")
         if push_to_hub:
-            from .hub import push_rewriter
+            from ..hub import push_rewriter
 
             push_rewriter(
                 output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo

@@ -1,9 +1,10 @@
 """What every training stage shares: its data, its scorer, the policy it starts from, resuming, and what it saves.
 
-The stages ([`~grape_hf.sft.main`] warm start, [`~grape_hf.distill.main`] rank-filtered self-distillation and
-[`~grape_hf.grpo.main`] GRPO) are open-r1-style `main(script_args, training_args, model_args)` functions. Each
-starts from a base model or from a previous stage's rewriter folder (`init_rewriter`), resumes from its last
-checkpoint, and ends by saving a rewriter folder whose `grape_rewriter.json` is built here, in one place.
+The stages ([`~grape_hf.training.sft.main`] warm start, [`~grape_hf.training.distill.main`] rank-filtered
+self-distillation and [`~grape_hf.training.grpo.main`] GRPO) are open-r1-style `main(script_args, training_args,
+model_args)` functions. Each starts from a base model or from a previous stage's rewriter folder (`init_rewriter`),
+resumes from its last checkpoint, and ends by saving a rewriter folder whose `grape_rewriter.json` is built here, in
+one place.
 """
 
 from __future__ import annotations
@@ -14,19 +15,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .data import GRAPEData, is_multi30k_dir, load_grape_dataset
-from .evaluation import evaluate_rewriters
-from .models import cache_home, resolve_model_path
-from .prompts import PromptTemplate, get_prompt_template
-from .rewriter_folder import GRAPERewriterLoader, RewriterConfig, read_json, register_config
-from .scorer import CLIPRankScorer
+from ..data import GRAPEData, is_multi30k_dir, load_grape_dataset
+from ..evaluation import evaluate_rewriters
+from ..models import cache_home, resolve_model_path
+from ..retrieval.scorer import RankScorer
+from ..rewriting.folder import GRAPERewriterLoader, RewriterConfig, read_json, register_config
+from ..rewriting.prompts import PromptTemplate, get_prompt_template
 
 logger = logging.getLogger(__name__)
 
-TRAINING_KEYS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                 "gradient_accumulation_steps", "num_generations", "generation_batch_size", "steps_per_generation",
-                 "num_iterations", "max_completion_length", "temperature", "beta", "loss_type", "scale_rewards",
-                 "seed")  # fmt: skip
+TRAINING_KEYS = (
+    "learning_rate",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_generations",
+    "generation_batch_size",
+    "steps_per_generation",
+    "num_iterations",
+    "max_completion_length",
+    "temperature",
+    "beta",
+    "loss_type",
+    "scale_rewards",
+    "seed",
+)
 
 
 def stage_template(script_args) -> PromptTemplate:
@@ -60,16 +74,14 @@ def load_split(script_args, split: str, seed: int, corpus_index: int = 1) -> GRA
     return load_grape_dataset(script_args.dataset_name, split=split, max_queries=max_queries, seed=seed, **kwargs)
 
 
-def build_scorer(retriever, data: GRAPEData, script_args, seed: int | None = None) -> CLIPRankScorer:
+def build_scorer(retriever, data: GRAPEData, script_args, seed: int | None = None) -> RankScorer:
     """The frozen retriever over `data`'s corpus, embedded once and cached in grape_hf's cache folder.
 
     Given the run's `seed`, `data` is its training split and `reward_corpus_descriptions` > 1, each image of the
     corpus is the mean of its first N descriptions' embeddings (each description's corpus cached on its own).
     """
     cache_dir = script_args.corpus_cache_dir or cache_home() / "corpus_embeddings"
-    scorer = CLIPRankScorer(
-        retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives
-    )
+    scorer = RankScorer(retriever, data.corpus, cache_dir=cache_dir, sampled_negatives=script_args.sampled_negatives)
     views = getattr(script_args, "reward_corpus_descriptions", 1)
     if seed is None or views == 1:
         return scorer
@@ -83,8 +95,8 @@ def build_scorer(retriever, data: GRAPEData, script_args, seed: int | None = Non
     embeddings = [scorer.corpus_embeddings]
     for index in range(2, views + 1):
         view = load_split(script_args, script_args.dataset_train_split, seed, corpus_index=index)
-        embeddings.append(CLIPRankScorer(retriever, view.corpus, cache_dir=cache_dir).corpus_embeddings)
-    return CLIPRankScorer.from_embeddings(
+        embeddings.append(RankScorer(retriever, view.corpus, cache_dir=cache_dir).corpus_embeddings)
+    return RankScorer.from_embeddings(
         retriever, torch.stack(embeddings).mean(dim=0), sampled_negatives=script_args.sampled_negatives
     )
 
@@ -193,7 +205,7 @@ def build_rewriter_config(
 
 def save_stage(trainer, tokenizer, output_dir: str | Path, rewriter_config: RewriterConfig, model_args) -> Path:
     """Save the trained rewriter (main process only): the layout `pipeline("grape-rewrite")` and remote code read."""
-    from .hub import save_rewriter
+    from ..hub import save_rewriter
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):  # the frozen copy GRPO / DPO trained against: not the rewriter

@@ -10,7 +10,7 @@ the index only serves search.
 
 Needs the `faiss` extra (`pip install grape_hf[faiss]`).
 
-[`GRAPERetriever`]: grape_hf.search.GRAPERetriever
+[`GRAPERetriever`]: grape_hf.retrieval.search.GRAPERetriever
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class CorpusIndex:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.index import CorpusIndex
+    >>> from grape_hf.retrieval.index import CorpusIndex
     >>> emb = torch.nn.functional.normalize(torch.randn(500, 16, generator=torch.Generator().manual_seed(0)), dim=1)
     >>> index = CorpusIndex.build(emb, {"spec": "st:demo", "fingerprint": "f00d", "corpus": "c0ffee"})
     >>> index.kind, index.search(emb[[7]], k=1)[1].tolist()
@@ -101,7 +101,7 @@ class CorpusIndex:
         return cls(index, torch.arange(n), identity, kind, info)
 
     def search(self, queries: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-`k` `(scores, ids)` per query, best first, like [`~grape_hf.CLIPRankScorer.search`]."""
+        """Top-`k` `(scores, ids)` per query, best first, like [`~grape_hf.RankScorer.search`]."""
         q = np.ascontiguousarray(torch.nn.functional.normalize(queries.float(), dim=-1).numpy())
         scores, rows = self.index.search(q, min(k, len(self)))
         rows = torch.from_numpy(rows)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from trl import ScriptArguments
 
-from .data import is_multi30k_dir
-from .prompts import PromptTemplate, available_shifts, get_prompt_template
-from .runs import Stopwatch, build_rewriter_config, last_checkpoint, load_policy, save_stage
+from ..data import is_multi30k_dir
+from ..rewriting.prompts import PromptTemplate, available_shifts, get_prompt_template
+from .stages import Stopwatch, build_rewriter_config, last_checkpoint, load_policy, save_stage
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class SFTScriptArguments(ScriptArguments):
 
     Example:
     ```python
-    >>> from grape_hf.sft import SFTScriptArguments
+    >>> from grape_hf.training.sft import SFTScriptArguments
     >>> SFTScriptArguments(dataset_name="../shared/data/multi30k").multi30k_task
     'task1'
     ```
@@ -73,7 +73,7 @@ def load_pairs(script_args: SFTScriptArguments, seed: int = 0, split: str | None
     limit = script_args.max_train_samples if split is None else script_args.max_eval_samples
     split = split or script_args.dataset_train_split
     if is_multi30k_dir(script_args.dataset_name):
-        from .data import load_multi30k
+        from ..data import load_multi30k
 
         data = load_multi30k(
             script_args.dataset_name,
@@ -121,7 +121,8 @@ def to_sft_dataset(pairs, template: PromptTemplate):
 
 
 def eval_losses(log_history: list[dict]) -> list[list[float]]:
-    """`[[step, eval_loss], ...]` from a trainer's `state.log_history`: whether the warm start had stopped improving."""
+    """`[[step, eval_loss], ...]` from a trainer's `state.log_history`: whether the warm start had stopped
+    improving."""
     return [[entry["step"], round(entry["eval_loss"], 4)] for entry in log_history if "eval_loss" in entry]
 
 
@@ -156,6 +157,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     with Stopwatch() as clock:
         trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
     if trainer.accelerator.is_main_process:
+        is_multi30k = is_multi30k_dir(script_args.dataset_name)
+        languages = f"{script_args.query_lang}->{script_args.rewrite_lang} " if is_multi30k else ""
         config = build_rewriter_config(
             "sft",
             template,
@@ -163,9 +166,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
             training_args,
             model_args,
             corpus=None,
-            pairs=f"{script_args.dataset_name} ({len(pairs)} {script_args.query_lang}->{script_args.rewrite_lang} pairs)"
-            if is_multi30k_dir(script_args.dataset_name)
-            else f"{script_args.dataset_name} ({len(pairs)} pairs)",
+            pairs=f"{script_args.dataset_name} ({len(pairs)} {languages}pairs)",
             train_seconds=clock.seconds,
             **({"eval_loss": eval_losses(trainer.state.log_history)} if evaluates else {}),
         )

@@ -1,6 +1,6 @@
 """The query rewriter: an LLM, its tokenizer and the prompt it was trained with, rewriting batches of queries.
 
-The rewriter folder format, its loader and the generation path live in [`~grape_hf.rewriter_folder`]; this module
+The rewriter folder format, its loader and the generation path live in [`~grape_hf.rewriting.folder`]; this module
 wraps them for batch use from Python (evaluation, the R@10 curve callback, self-distillation) and lists the rewriters
 shipped with grape_hf.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .models import resolve_model_path
+from ..models import resolve_model_path
+from .folder import REWRITER_CONFIG_NAME, decode_rewrites, generate_rewrite_tokens, load_rewriter
 from .prompts import PromptTemplate, get_prompt_template
-from .rewriter_folder import REWRITER_CONFIG_NAME, decode_rewrites, generate_rewrite_tokens, load_rewriter
 
 
 class QueryRewriter:
@@ -22,12 +22,13 @@ class QueryRewriter:
     Args:
         model ([`~transformers.PreTrainedModel`]): The rewriter LM (a PEFT model works too).
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Its tokenizer; left padding is used for generation.
-        template ([`~grape_hf.prompts.PromptTemplate`], *optional*): The prompt; defaults to the multilingual one.
+        template ([`~grape_hf.rewriting.prompts.PromptTemplate`], *optional*): The prompt; defaults to the multilingual
+        one.
         max_new_tokens (`int`, *optional*, defaults to `48`): Length of a rewrite.
 
     Example:
     ```python
-    >>> from grape_hf.rewriter import QueryRewriter
+    >>> from grape_hf.rewriting.rewriter import QueryRewriter
     >>> rewriter = QueryRewriter.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     >>> rewriter.rewrite(["Ein Hund rennt über eine Wiese."])  # doctest: +SKIP
     [['A dog runs across a meadow.']]
@@ -108,7 +109,7 @@ class QueryRewriter:
         return outputs
 
 
-SHIPPED_REWRITERS_DIR = Path(__file__).parent / "assets" / "rewriters"
+SHIPPED_REWRITERS_DIR = Path(__file__).parents[1] / "assets" / "rewriters"
 
 
 def shipped_rewriters() -> list[str]:
@@ -123,7 +124,7 @@ def shipped_rewriter_path(name: str = "smollm2-135m-grape-multi30k-de") -> Path:
 
     Example:
     ```python
-    >>> from grape_hf.rewriter import shipped_rewriter_path
+    >>> from grape_hf.rewriting.rewriter import shipped_rewriter_path
     >>> from transformers import pipeline
     >>> rewriter = pipeline("grape-rewrite", model=shipped_rewriter_path())  # doctest: +SKIP
     ```

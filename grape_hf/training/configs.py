@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
-from .prompts import available_shifts
-from .retrievers import parse_retriever_spec
+from ..retrieval.retrievers import parse_retriever_spec
+from ..rewriting.prompts import available_shifts
 from .rewards import resolve_reward_variant
 
 
@@ -37,8 +37,8 @@ class GRAPEScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rank"],
         metadata={
-            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'reciprocal_rank', 'similarity', 'margin', or dotted "
-            "paths to functions of RankStats."
+            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'reciprocal_rank', 'similarity', 'margin', or "
+            "dotted paths to functions of RankStats."
         },
     )
     relative_reward: bool = field(

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .rewriter_folder import render_messages
-from .rewriter_folder import render_prompt as _render_prompt
+from .folder import render_messages
+from .folder import render_prompt as _render_prompt
 
 _TEMPLATES_FILE = Path(__file__).with_name("prompts.json")
 
@@ -45,7 +45,7 @@ class PromptTemplate:
 
     Example:
     ```python
-    >>> from grape_hf.prompts import get_prompt_template
+    >>> from grape_hf.rewriting.prompts import get_prompt_template
     >>> template = get_prompt_template("multilingual")
     >>> template.build_messages("Ein Hund rennt.")[-1]["content"].endswith("Ein Hund rennt.")
     True
@@ -134,7 +134,7 @@ def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "r
     ```python
     >>> from datasets import Dataset
     >>> from grape_hf.data import GRAPEData
-    >>> from grape_hf.prompts import get_prompt_template, to_prompt_dataset
+    >>> from grape_hf.rewriting.prompts import get_prompt_template, to_prompt_dataset
     >>> data = GRAPEData(Dataset.from_list([{"query": "Ein Hund", "target_id": 0}]), ["a dog"], "demo")
     >>> to_prompt_dataset(data, get_prompt_template("multilingual"))[0]["prompt"][-1]["role"]
     'user'

@@ -35,7 +35,7 @@ class SampledNegatives:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.negatives import SampledNegatives
+    >>> from grape_hf.retrieval.negatives import SampledNegatives
     >>> generator = torch.Generator().manual_seed(0)
     >>> corpus = torch.nn.functional.normalize(torch.randn(1000, 16, generator=generator), dim=1)
     >>> sampler = SampledNegatives(corpus, num_negatives=100, seed=0)

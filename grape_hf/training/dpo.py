@@ -1,7 +1,7 @@
 r"""Rank preference optimisation: DPO on pairs of the policy's own rewrites, ordered by the retriever's ranking.
 
-Self-distillation ([`grape_hf.distill`]) fine-tunes on the best sample of a query and throws the rest away. Here
-each round samples the same way, scores the greedy rewrite and every sample with the same reward object GRPO uses,
+Self-distillation ([`grape_hf.training.distill`]) fine-tunes on the best sample of a query and throws the rest away.
+Here each round samples the same way, scores the greedy rewrite and every sample with the same reward object GRPO uses,
 and builds one preference pair per query: the best-rewarded rewrite is `chosen`; `rejected` is the greedy rewrite
 when a sample beat it (the mode the policy would return is what must move), else the worst sample. TRL's
 DPOTrainer then trains on the pairs against a frozen copy of the starting policy (with a LoRA adapter, TRL keeps
@@ -22,11 +22,11 @@ from .rewards import GRAPERewardFunction
 
 @dataclass
 class PreferenceScriptArguments(DistillScriptArguments):
-    """[`~grape_hf.distill.DistillScriptArguments`] plus what makes a preference pair.
+    """[`~grape_hf.training.distill.DistillScriptArguments`] plus what makes a preference pair.
 
     Example:
     ```python
-    >>> from grape_hf.preference import PreferenceScriptArguments
+    >>> from grape_hf.training.dpo import PreferenceScriptArguments
     >>> PreferenceScriptArguments(dataset_name="../shared/data/multi30k").min_margin
     0.0
     ```
@@ -63,9 +63,9 @@ def select_pairs(
     Example:
     ```python
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
-    >>> from grape_hf.preference import select_pairs
-    >>> scorer = CLIPRankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"),
+    >>> from grape_hf import RankScorer, GRAPERewardFunction, load_retriever
+    >>> from grape_hf.training.dpo import select_pairs
+    >>> scorer = RankScorer(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu"),
     ...                         ["a dog on the grass", "two men play chess"], show_progress_bar=False)
     >>> pairs, stats = select_pairs(["Zwei Männer"], [1], ["a dog"], [["a dog", "two men playing chess"]],
     ...                             GRAPERewardFunction(scorer))
@@ -99,9 +99,16 @@ def select_pairs(
             continue
         if max_rank is not None and chosen_ranks[i] > max_rank:
             continue
-        row = {"query": queries[i], "chosen": chosen, "rejected": rejected, "chosen_reward": chosen_value,
-               "rejected_reward": rejected_value, "chosen_rank": chosen_ranks[i], "rejected_rank": rejected_ranks[i],
-               "rejected_is_greedy": is_greedy}  # fmt: skip
+        row = {
+            "query": queries[i],
+            "chosen": chosen,
+            "rejected": rejected,
+            "chosen_reward": chosen_value,
+            "rejected_reward": rejected_value,
+            "chosen_rank": chosen_ranks[i],
+            "rejected_rank": rejected_ranks[i],
+            "rejected_is_greedy": is_greedy,
+        }
         pairs.append(row if references is None else {**row, "reference": references[i]})
     stats = {
         "queries": n,
@@ -138,9 +145,15 @@ def main(script_args: PreferenceScriptArguments, training_args, model_args):
 
     def select(queries, targets, greedy, samples, reward, references):
         return select_pairs(
-            queries, targets, greedy, samples, reward, script_args.min_margin, references=references,
+            queries,
+            targets,
+            greedy,
+            samples,
+            reward,
+            script_args.min_margin,
+            references=references,
             max_rank=script_args.max_rank,
-        )  # fmt: skip
+        )
 
     def build_trainer(model, args, rows, template, tokenizer, peft_config):
         from datasets import Dataset
@@ -156,6 +169,13 @@ def main(script_args: PreferenceScriptArguments, training_args, model_args):
     if script_args.max_rank:
         hint += f", or raise max_rank ({script_args.max_rank})"
     return run_rounds(
-        script_args, training_args, model_args, "rank_preference", select, build_trainer, hint, "pairs.jsonl",
+        script_args,
+        training_args,
+        model_args,
+        "rank_preference",
+        select,
+        build_trainer,
+        hint,
+        "pairs.jsonl",
         key=("query", "chosen", "rejected"),
-    )  # fmt: skip
+    )

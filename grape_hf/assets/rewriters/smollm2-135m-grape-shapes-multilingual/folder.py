@@ -7,9 +7,9 @@ under a small top `config.json` of model type `grape_rewriter`: transformers loo
 `config.json`, and would load the base model's weights from the folder itself (not from the adapter's base) if that
 config sat next to a top-level `adapter_config.json`.
 
-This module and `grape_hf/pipeline.py` are self-contained on purpose: they import only the standard library, torch
-and transformers (and peft for an adapter). [`add_pipeline_files`] copies both into a saved folder at save time, as
-transformers' `custom_object_save` copies a model's module and its relative imports, so that
+This module and `grape_hf/rewriting/pipeline.py` are self-contained on purpose: they import only the standard library,
+torch and transformers (and peft for an adapter). [`add_pipeline_files`] copies both into a saved folder at save time,
+as transformers' `custom_object_save` copies a model's module and its relative imports, so that
 `pipeline(model=folder, trust_remote_code=True)` runs where grape_hf is not installed. Everything in grape_hf that
 reads or writes a rewriter folder, renders its prompt or generates rewrites goes through here.
 """
@@ -47,8 +47,17 @@ PIPELINE_MODULE = "grape_rewrite_pipeline"
 # The key in `custom_pipelines`. It must differ from the task grape_hf registers ("grape-rewrite"): transformers
 # refuses a task named in a folder's `custom_pipelines` unless `trust_remote_code=True`.
 REMOTE_TASK = "grape-rewrite-remote"
-_BASE_LOAD_KWARGS = ("dtype", "torch_dtype", "device_map", "token", "cache_dir", "local_files_only",
-                     "low_cpu_mem_usage", "attn_implementation", "quantization_config")  # fmt: skip
+_BASE_LOAD_KWARGS = (
+    "dtype",
+    "torch_dtype",
+    "device_map",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "low_cpu_mem_usage",
+    "attn_implementation",
+    "quantization_config",
+)
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 
 
@@ -79,7 +88,7 @@ class RewriterConfig:
 
     Example:
     ```python
-    >>> from grape_hf.rewriter_folder import RewriterConfig
+    >>> from grape_hf.rewriting.folder import RewriterConfig
     >>> RewriterConfig(prompt={"user": "Translate into English: {query}"}, reward="rank").reward
     'rank'
     ```
@@ -123,7 +132,7 @@ def render_messages(template: dict, query: str, reference: str | None = None) ->
 
     Example:
     ```python
-    >>> from grape_hf.rewriter_folder import render_messages
+    >>> from grape_hf.rewriting.folder import render_messages
     >>> render_messages({"user": "In English: {query}", "system": "Be brief."}, "Ein Hund")
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'In English: Ein Hund'}]
     ```
@@ -153,7 +162,7 @@ def clean_rewrite(text: str) -> str:
 
     Example:
     ```python
-    >>> from grape_hf.rewriter_folder import clean_rewrite
+    >>> from grape_hf.rewriting.folder import clean_rewrite
     >>> clean_rewrite('  "A dog runs."\\nHere is why...')
     'A dog runs.'
     ```
@@ -192,7 +201,7 @@ class InverseCDFSampler:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.rewriter_folder import InverseCDFSampler
+    >>> from grape_hf.rewriting.folder import InverseCDFSampler
     >>> scores = torch.tensor([[0.0, float("-inf"), 0.0], [float("-inf"), 5.0, float("-inf")]])
     >>> out = InverseCDFSampler()(None, scores)
     >>> out.argmax(-1)[1].item(), bool(torch.isinf(out).sum(-1).eq(2).all())
@@ -251,7 +260,8 @@ def sampling_processors(generation_config):
 
 def inverse_cdf_sampling(config: GenerationConfig) -> LogitsProcessorList | None:
     """When `config` samples with warpers [`sampling_processors`] reproduces, turn it into a greedy search and return
-    the processors that sample inside it (pass them as `logits_processor`); otherwise None and `config` is unchanged."""
+    the processors that sample inside it (pass them as `logits_processor`); otherwise None and `config` is
+    unchanged."""
     processors = sampling_processors(config) if config.do_sample else None
     if processors is not None:
         config.do_sample = False
@@ -270,7 +280,7 @@ class ReservedLayer(DynamicLayer):
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.rewriter_folder import ReservedLayer
+    >>> from grape_hf.rewriting.folder import ReservedLayer
     >>> layer = ReservedLayer(reserve=4)
     >>> keys, values = layer.update(torch.ones(2, 1, 3, 8), torch.ones(2, 1, 3, 8))
     >>> keys, values = layer.update(torch.zeros(2, 1, 1, 8), torch.zeros(2, 1, 1, 8))
@@ -288,9 +298,12 @@ class ReservedLayer(DynamicLayer):
         if self._buffers is None or self.keys.numel() == 0:
             return False
         key_buffer, value_buffer = self._buffers
-        return (self.keys.data_ptr() == key_buffer.data_ptr() and self.values.data_ptr() == value_buffer.data_ptr()
-                and self.keys.shape[:-2] == key_buffer.shape[:-2]
-                and self.keys.shape[-2] + new <= key_buffer.shape[-2])  # fmt: skip
+        return (
+            self.keys.data_ptr() == key_buffer.data_ptr()
+            and self.values.data_ptr() == value_buffer.data_ptr()
+            and self.keys.shape[:-2] == key_buffer.shape[:-2]
+            and self.keys.shape[-2] + new <= key_buffer.shape[-2]
+        )
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -319,8 +332,14 @@ def prefill_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     cache = DynamicCache(config=model.config)
     cache.layers = [ReservedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # as generate's
-    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-          past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache.batch_select_indices(rows)
     return cache
 
@@ -341,7 +360,7 @@ def generate_rewrite_tokens(
     CDF ([`InverseCDFSampler`]) after the config's temperature/top-k/top-p/min-p warpers: the distribution
     `generate`'s sampling draws from, at less cost on a CPU.
 
-    With [`decode_rewrites`], the one generation path of grape_hf: [`~grape_hf.rewriter.QueryRewriter`], the
+    With [`decode_rewrites`], the one generation path of grape_hf: [`~grape_hf.rewriting.rewriter.QueryRewriter`], the
     `"grape-rewrite"` pipeline, the evaluation and the R@10 curve callback all come here.
 
     Returns:
@@ -419,7 +438,7 @@ class GRAPERewriterLoader:
 
     Example:
     ```python
-    >>> from grape_hf.rewriter_folder import GRAPERewriterLoader
+    >>> from grape_hf.rewriting.folder import GRAPERewriterLoader
     >>> model = GRAPERewriterLoader.from_pretrained("path/to/rewriter")  # doctest: +SKIP
     ```
     """

@@ -4,12 +4,12 @@ Without vLLM, `GRPOTrainer` samples completions with the policy itself: a PEFT m
 two small LoRA matmuls to each decoding step, in the training precision. Decoding is dominated by such per-layer
 work, so on a CPU (and on a GPU without vLLM) sampling costs several times what it would with the LoRA folded into
 the weights. With `merged_generation=True` the trainer keeps a second, plain copy of the model in
-`generation_dtype` (bf16: the fast path on AMX CPUs and GPUs), refreshes it with $W + \\frac{\\alpha}{r} BA$ before each
-generation round, and generates with it, the way vLLM serves merged weights in TRL's server mode. The loss and the
+`generation_dtype` (bf16: the fast path on AMX CPUs and GPUs), refreshes it with $W + \\frac{\\alpha}{r} BA$ before
+each generation round, and generates with it, the way vLLM serves merged weights in TRL's server mode. The loss and the
 reference model are computed by the policy as before, so when the sampler's precision makes it differ slightly from
 the policy, GRPO's importance ratio sees it like any off-policy sample.
 
-The other options cut the work GRPO repeats for every completion of a group (see [`grape_hf.sampling`]):
+The other options cut the work GRPO repeats for every completion of a group (see [`grape_hf.training.group_decoding`]):
 `shared_prompt_forward` computes each distinct prompt once in the loss forward (`pack_completions` also packs a
 group's completions into one sequence, so that padding costs nothing), `group_batches` keeps a group's completions
 in one training batch so that this sharing applies, and `old_logps_from_sampler` takes the old
@@ -33,7 +33,7 @@ class GRAPEConfig(GRPOConfig):
 
     Example:
     ```python
-    >>> from grape_hf.trainer import GRAPEConfig
+    >>> from grape_hf.training.trainer import GRAPEConfig
     >>> GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True).generation_dtype
     'bfloat16'
     ```
@@ -61,26 +61,27 @@ class GRAPEConfig(GRPOConfig):
     shared_prompt_forward: bool = field(
         default=False,
         metadata={
-            "help": "Compute each distinct prompt once per batch in the loss and old-log-probability forwards, and let "
-            "its completions share it through the KV cache (grape_hf.sampling.shared_prompt_logps); the result "
-            "equals the plain forward's. Text-only models without a custom loss path."
+            "help": "Compute each distinct prompt once per batch in the loss and old-log-probability forwards, and "
+            "let its completions share it through the KV cache "
+            "(grape_hf.training.group_decoding.shared_prompt_logps); the result equals the plain forward's. "
+            "Text-only models without a custom loss path."
         },
     )
 
     pack_completions: bool = field(
         default=False,
         metadata={
-            "help": "In the loss and old-log-probability forwards, pack each group's completions after its prompt in "
-            "one sequence with a block mask (grape_hf.sampling.packed_group_logps): the prompt computed once and no "
-            "work on padding. Needs eager or SDPA attention; text-only models."
+            "help": "In the loss and old-log-probability forwards, pack each group's completions after its prompt "
+            "in one sequence with a block mask (grape_hf.training.group_decoding.packed_group_logps): the prompt "
+            "computed once and no work on padding. Needs eager or SDPA attention; text-only models."
         },
     )
     contiguous_lm_head_inputs: bool = field(
         default=True,
         metadata={
-            "help": "Give the output layer a contiguous input (see grape_hf.trainer.contiguous_lm_head_inputs): the "
-            "same logits, without a copy of the vocabulary matrix per row in the loss forward. On by default; off "
-            "reproduces plain GRPOTrainer."
+            "help": "Give the output layer a contiguous input (see "
+            "grape_hf.training.trainer.contiguous_lm_head_inputs): the same logits, without a copy of the vocabulary "
+            "matrix per row in the loss forward. On by default; off reproduces plain GRPOTrainer."
         },
     )
     old_logps_from_sampler: bool = field(
@@ -161,7 +162,7 @@ def shuffle_groups(batch: dict, group_size: int) -> dict:
     Example:
     ```python
     >>> import torch
-    >>> from grape_hf.trainer import shuffle_groups
+    >>> from grape_hf.training.trainer import shuffle_groups
     >>> batch = {"prompt_ids": torch.tensor([[1], [1], [2], [2], [3], [3]]), "advantages": torch.arange(6.0)}
     >>> rows = shuffle_groups(batch, 2)["prompt_ids"].flatten().tolist()
     >>> sorted(rows) == [1, 1, 2, 2, 3, 3] and all(rows[i] == rows[i + 1] for i in (0, 2, 4))
@@ -203,7 +204,7 @@ class MergedSampler:
         from transformers import AutoModelForCausalLM
         from transformers.initialization import no_init_weights
 
-        from .sampling import register_grouped_decode_attention
+        from .group_decoding import register_grouped_decode_attention
 
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         # SDPA whatever the policy uses, decoding grouped-query heads over the cache as stored: decoding one token is
@@ -232,9 +233,12 @@ class GRAPETrainer(GRPOTrainer):
 
     Example:
     ```python
-    >>> from grape_hf.trainer import GRAPEConfig, GRAPETrainer
+    >>> from grape_hf.training.trainer import GRAPEConfig, GRAPETrainer
     >>> args = GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True)  # doctest: +SKIP
-    >>> GRAPETrainer(model=path, reward_funcs=[reward], args=args, train_dataset=ds, peft_config=lora).train()  # doctest: +SKIP
+    >>> trainer = GRAPETrainer(  # doctest: +SKIP
+    ...     model=path, reward_funcs=[reward], args=args, train_dataset=ds, peft_config=lora
+    ... )
+    >>> trainer.train()  # doctest: +SKIP
     ```
     """
 
@@ -298,7 +302,8 @@ class GRAPETrainer(GRPOTrainer):
         if sampled is None:
             raise ValueError(
                 "old_logps_from_sampler needs the sampler's log-probabilities, but this generation config samples "
-                "with a warper grape_hf.sampling does not reproduce (typical_p, epsilon_cutoff or eta_cutoff). "
+                "with a warper grape_hf.training.group_decoding does not reproduce (typical_p, epsilon_cutoff or "
+                "eta_cutoff). "
                 "Remove it from generation_kwargs or set old_logps_from_sampler=False."
             )
         output["old_per_token_logps"] = sampled
@@ -311,8 +316,9 @@ class GRAPETrainer(GRPOTrainer):
 
         if self._step % self._generate_every == 0 or self._buffered_inputs is None:
             batch = self._generate_and_score_completions(generation_batch)
-            self._buffered_inputs = split_tensor_dict(shuffle_groups(batch, self.num_generations),
-                                                      self.args.steps_per_generation)  # fmt: skip
+            self._buffered_inputs = split_tensor_dict(
+                shuffle_groups(batch, self.num_generations), self.args.steps_per_generation
+            )
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
@@ -340,7 +346,7 @@ class GRAPETrainer(GRPOTrainer):
             )
         from trl.trainer.utils import entropy_from_logits
 
-        from .sampling import packed_group_logps, shared_prompt_logps
+        from .group_decoding import packed_group_logps, shared_prompt_logps
 
         batch_size = batch_size or input_ids.size(0)
         all_logps, all_entropies = [], []
@@ -367,7 +373,7 @@ class GRAPETrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if not self._uses_merged_sampler() or images is not None:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
-        from .sampling import shared_prefix_generate
+        from .group_decoding import shared_prefix_generate
 
         sampler = self.merged_sampler()
         device = self.accelerator.device
