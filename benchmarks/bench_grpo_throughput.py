@@ -1,18 +1,20 @@
-"""GRPO throughput on this CPU: the Multi30k recipe before and after the fast path, in one run.
+"""GRPO throughput on this CPU: the Multi30k recipe in fp32, bf16 and `auto`, and before the fast path, in one run.
 
-"before" is the GRPO recipe's `config_multi30k_de.yaml` as it was at commit d267acd (then in
-`recipes/SmolLM2-135M-Instruct/grape/`, now `.../grpo/`; a copy lives in
-`benchmarks/configs/grpo_throughput_before.yaml`); "after" is the recipe's config now (bf16 base, merged bf16
-sampling, 4 optimizer steps a generation round, no gradient checkpointing). Both run through the recipe's own
+"auto" is `recipes/SmolLM2-135M-Instruct/grpo/config_multi30k_de.yaml` as it is (`dtype: auto`, bf16 left unset,
+`generation_dtype: auto`: bf16 where the CPU has AMX or AVX-512-BF16, else fp32; grape_hf.rewriting.devices); "fp32"
+and "bf16" are the same recipe with the base weights, autocast and the merged sampling copy forced to one precision;
+"before" is the recipe as it was at commit d267acd (then in `.../grape/`;
+`benchmarks/configs/grpo_throughput_before.yaml`, bf16, no fast path). All run through the recipe's own
 `grape_hf.training.grpo.main` with `--use_cpu true`, the same model, LoRA, data, seed and completion length, for the
-same number of steps, one after the other (never two heavy jobs at once on 2 cores). Completions per second is the
-completions the optimizer consumed (batch x steps) over the training wall time; the per-step reward curves show
-whether the fast path changes what is learned.
+same number of steps, one after the other (never two heavy jobs at once on 2 cores), with torch using every core this
+process may run on. Completions per second is the completions the optimizer consumed (batch x steps) over the training
+wall time; the per-step reward curves show whether a variant changes what is learned.
 
-    python benchmarks/bench_grpo_throughput.py               # 32 steps each (~10 min here)
-    python benchmarks/bench_grpo_throughput.py --steps 8     # a quick look
+    python benchmarks/bench_grpo_throughput.py                          # fp32, bf16, auto: 8 steps each
+    python benchmarks/bench_grpo_throughput.py --variants fp32 auto before --steps 32
 
-Writes benchmarks/results/grpo_throughput.json and grpo_throughput.png.
+Results go to benchmarks/results/grpo_throughput_dtypes.json under this CPU's name (one entry per CPU kind
+measured; the 2026-11-29 AMX Xeon before/after run is benchmarks/results/grpo_throughput.json).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
-CONFIGS = {
-    "before": REPO / "benchmarks" / "configs" / "grpo_throughput_before.yaml",
-    "after": REPO / "recipes" / "SmolLM2-135M-Instruct" / "grpo" / "config_multi30k_de.yaml",
+RECIPE = REPO / "recipes" / "SmolLM2-135M-Instruct" / "grpo" / "config_multi30k_de.yaml"
+VARIANTS = {  # name -> (config, overrides)
+    "auto": (RECIPE, []),
+    "fp32": (RECIPE, ["--dtype", "float32", "--bf16", "false", "--generation_dtype", "float32"]),
+    "bf16": (RECIPE, ["--dtype", "bfloat16", "--bf16", "true", "--generation_dtype", "bfloat16"]),
+    "before": (REPO / "benchmarks" / "configs" / "grpo_throughput_before.yaml", []),
 }
 SETTINGS = (
     "per_device_train_batch_size",
@@ -52,17 +57,36 @@ SETTINGS = (
 )
 
 
+def machine() -> dict:
+    """The CPU this run measured: model name, torch's kernel level, native bf16, and the threads torch uses."""
+    import torch
+
+    from grape_hf.rewriting.devices import cpu_description, native_bf16
+
+    return {
+        "cpu": cpu_description(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16("cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+    }
+
+
 def run(name: str, steps: int, output_dir: Path) -> dict:
     import torch
     from trl import ModelConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
+    from grape_hf.rewriting.devices import dtype_name
     from grape_hf.training.grpo import main
     from grape_hf.training.trainer import GRAPEConfig
 
+    config, overrides = VARIANTS[name]
     argv = [
         "--config",
-        str(CONFIGS[name]),
+        str(config),
+        *overrides,
         "--use_cpu",
         "true",
         "--dataset_name",
@@ -102,9 +126,12 @@ def run(name: str, steps: int, output_dir: Path) -> dict:
         "steps": steps,
         "completions": completions,
         "dtype": model_args.dtype,
+        "resolved_dtype": dtype_name(model_args.dtype, "cpu"),
+        "resolved_generation_dtype": dtype_name(getattr(training_args, "generation_dtype", None), "cpu"),
         "torch_threads": torch.get_num_threads(),
         **{k: getattr(training_args, k, None) for k in SETTINGS},
-        "config": str(CONFIGS[name].relative_to(REPO)),
+        "config": str(config.relative_to(REPO)),
+        "overrides": overrides,
     }
     return result, {k: curves.get(k) for k in ("step", "completions", "reward", "mean_rank", "nontarget_similarity")}
 
@@ -120,7 +147,7 @@ def plot(curves: dict, path: Path) -> None:
         ax.plot(c["completions"], c["reward"], marker="o", ms=3, label=name)
     ax.set_xlabel("completions seen")
     ax.set_ylabel("mean rank reward (training batch)")
-    ax.set_title("Multi30k de→en GRPO: before vs after the fast path")
+    ax.set_title("Multi30k de→en GRPO: the recipe in each precision")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -129,28 +156,40 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=32, help="Optimizer steps of each run (a multiple of 4).")
+    parser.add_argument("--steps", type=int, default=8, help="Optimizer steps of each run (a multiple of 4).")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fp32", "bf16", "auto"])
     parser.add_argument("--output_dir", default=str(REPO / "outputs" / "bench_grpo_throughput"))
-    parser.add_argument("--only", choices=list(CONFIGS), default=None, help="Run one side only (no JSON written).")
+    parser.add_argument("--no_save", action="store_true", help="Print the results only.")
     args = parser.parse_args()
     if args.steps % 4:
         parser.error(
             f"--steps must be a multiple of 4 (the fast path's steps per generation round), got {args.steps}."
         )
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    where = machine()
+    print(f"machine: {json.dumps(where)}", flush=True)
     results, curves = {}, {}
-    for name in [args.only] if args.only else list(CONFIGS):
+    for name in args.variants:
         results[name], curves[name] = run(name, args.steps, Path(args.output_dir))
         print(f"{name}: {json.dumps(results[name])}", flush=True)
-    if args.only:
+    rates = {name: r["completions_per_second"] for name, r in results.items()}
+    best = max((rates[n] for n in ("fp32", "bf16") if n in rates), default=None)
+    summary = {"machine": where, "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "variants": results}
+    if best and "auto" in rates:
+        summary["auto_over_best_of_fp32_bf16"] = round(rates["auto"] / best, 3)
+        print(f"auto / best of fp32, bf16: {summary['auto_over_best_of_fp32_bf16']}", flush=True)
+    summary["reward_curves"] = curves
+    if args.no_save:
         return
     out = REPO / "benchmarks" / "results"
-    results["speedup"] = round(
-        results["after"]["completions_per_second"] / results["before"]["completions_per_second"], 2
-    )
-    results["reward_curves"] = curves
-    (out / "grpo_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(curves, out / "grpo_throughput.png")
-    print(f"speedup {results['speedup']}x", flush=True)
+    path = out / "grpo_throughput_dtypes.json"
+    every = json.loads(path.read_text()) if path.is_file() else {}
+    every[where["cpu"]] = summary
+    path.write_text(json.dumps(every, indent=2) + "\n")
+    slug = "".join(c if c.isalnum() else "_" for c in where["cpu"]).strip("_").lower()
+    plot(curves, out / f"grpo_throughput_dtypes_{slug}.png")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,14 @@ Each setting runs `--repeats` times after a warm-up call and the best time count
 forward pass alone (all prompts in one padded batch, and one by one), the part of generation batching cannot speed up
 when a single thread is compute-bound. Writes `benchmarks/results/pipeline_throughput.json`;
 `identical_to_one_at_a_time` counts the queries whose batched greedy rewrite equals the unbatched one (padding may
-shift float rounding, and with it a near-tie argmax). Defaults: bf16 weights and 2 torch threads, for an idle machine;
-under contention use `--threads 1` (OpenMP threads that wait on each other were ten times slower).
+shift float rounding, and with it a near-tie argmax). Defaults: `--dtype auto` (bf16 where the CPU has AMX or
+AVX-512-BF16, else fp32; grape_hf.rewriting.devices) and as many torch threads as cores this process may use, for an
+idle machine; under contention use `--threads 1` (OpenMP threads that wait on each other were ten times slower).
+`load_seconds` is the pipeline's load (the de-quantized copy already cached; a first run ever adds its
+de-quantization).
+
+Results go to `benchmarks/results/pipeline_throughput_cpus.json` under this CPU's name, one entry per CPU kind
+measured (`pipeline_throughput.json` is the 2026-11-29 run, bf16 on that session's CPU).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from transformers import pipeline
 
 import grape_hf  # noqa: F401 - registers "grape-rewrite"
 from grape_hf.models import SMOLLM2_ID, resolve_model_path
+from grape_hf.rewriting.devices import cpu_description, dtype_name, native_bf16, resolve_dtype
 
-RESULTS = Path(__file__).parent / "results" / "pipeline_throughput.json"
+RESULTS = Path(__file__).parent / "results" / "pipeline_throughput_cpus.json"
 QUERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k" / "task1" / "val.de.gz"
 
 
@@ -63,13 +70,16 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)."
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads (default: the usable cores; 1 on a machine shared with other jobs).",
     )
     parser.add_argument(
         "--dtype",
-        default="bfloat16",
-        choices=["bfloat16", "float32"],
-        help="Weights of the rewriter: bf16 is the fast path on CPUs with AMX and on GPUs.",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="Weights of the rewriter: 'auto' is bf16 where the CPU runs it natively (AMX, AVX-512-BF16), else fp32.",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -79,8 +89,9 @@ def main() -> None:
 
     with gzip.open(QUERIES, "rt", encoding="utf-8") as f:
         queries = [line.strip() for _, line in zip(range(args.num_queries), f)]
-    rewriter = pipeline(
-        "grape-rewrite", model=resolve_model_path(SMOLLM2_ID), device="cpu", dtype=getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype, "cpu")
+    load_seconds, rewriter = timed(
+        lambda: pipeline("grape-rewrite", model=resolve_model_path(SMOLLM2_ID), device="cpu", dtype=dtype)
     )
     settings = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     rewriter(queries[:2], batch_size=2, **settings)  # warm-up
@@ -118,7 +129,12 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens,
             "decoding": "greedy",
             "dtype": args.dtype,
+            "resolved_dtype": dtype_name(dtype),
             "device": "cpu",
+            "cpu": cpu_description(),
+            "native_bf16": native_bf16("cpu"),
+            "date": time.strftime("%Y-%m-%d"),
+            "load_seconds": round(load_seconds, 1),
             "torch_threads": torch.get_num_threads(),
             "load_average_at_start": load_average,
             "repeats": args.repeats,
@@ -132,7 +148,9 @@ def main() -> None:
         "examples": [{"query": s["query"], "rewrite": s["rewrite"]} for s in single[:3]],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    every = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    every[cpu_description()] = result
+    args.output.write_text(json.dumps(every, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 

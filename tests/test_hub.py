@@ -31,6 +31,7 @@ PUBLISHED = {
     "grape_rewriter.json",
     "grape_rewrite_pipeline.py",
     "folder.py",
+    "devices.py",
     "grape_prompts.json",
     "README.md",
 }

@@ -180,7 +180,10 @@ def test_retriever_view_marks_where_the_clip_context_cuts():
 @pytest.mark.slow
 def test_browser_examples_show_the_rewrite_and_a_better_rank(space_url, tmp_path):
     if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
-        pytest.fail(f"Chromium is not at {CHROMIUM}; install it with `apt-get install -y chromium` (.ci/run does).")
+        pytest.fail(
+            f"Chromium is not at {CHROMIUM}; install it with `apt-get install -y chromium` (`make test-all` does, "
+            "through scripts/setup_browser.sh)."
+        )
     from playwright.sync_api import sync_playwright
 
     screenshot = Path(os.environ.get("GRAPE_SPACE_SCREENSHOT", tmp_path / "space.png"))

@@ -138,6 +138,7 @@ def test_bf16_fast_path_trains_the_fp32_adapter(tiny_llama_dir, minilm, multi30k
         lora_autocast_inputs=True,
         shared_prompt_forward=True,
         model_init_kwargs={"dtype": "bfloat16", "attn_implementation": "eager"},
+        generation_dtype="bfloat16",  # explicit: "auto" would pick fp32 on a CPU without native bf16
     )
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..models import resolve_model_path
+from .devices import resolve_dtype
 from .folder import REWRITER_CONFIG_NAME, decode_rewrites, generate_rewrite_tokens, load_rewriter
 from .prompts import PromptTemplate, get_prompt_template
 
@@ -49,9 +50,10 @@ class QueryRewriter:
     ) -> QueryRewriter:
         """Load a trained rewriter folder, a Hub id, or a plain instruct model (prompt-only rewriting).
 
-        `dtype=` (e.g. `torch.bfloat16`) goes to `from_pretrained`; other `kwargs` to the constructor.
+        `dtype=` (default `"auto"`: bf16 where `device` runs it natively, else fp32; or e.g. `torch.float32`) goes to
+        `from_pretrained`; other `kwargs` to the constructor.
         """
-        load_kwargs = {"dtype": kwargs.pop("dtype")} if "dtype" in kwargs else {}
+        load_kwargs = {"dtype": resolve_dtype(kwargs.pop("dtype", "auto"), device)}
         model, tokenizer, config = load_rewriter(name_or_path, resolve_base_model=resolve_model_path, **load_kwargs)
         if device:
             model.to(device)

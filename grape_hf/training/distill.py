@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..rewriting.devices import resolve_dtype
 from .configs import GRAPEScriptArguments
 from .rewards import GRAPERewardFunction
 
@@ -64,8 +65,11 @@ class DistillScriptArguments(GRAPEScriptArguments):
         },
     )
     sample_dtype: str = field(
-        default="bfloat16",
-        metadata={"help": "Weights of the merged sampling copy ('bfloat16' is the fast path on AMX CPUs and GPUs)."},
+        default="auto",
+        metadata={
+            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: GPUs, CPUs "
+            "with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
+        },
     )
 
     def __post_init__(self):
@@ -283,6 +287,8 @@ def run_rounds(
 
     replayed = read_rows(script_args.replay, rows_file, key)
     set_seed(training_args.seed)
+    dtype = resolve_dtype(model_args.dtype, training_args.device)  # `auto`: bf16 where native, else fp32
+    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": str(dtype)[6:]}
     template = stage_template(script_args)
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
     train = load_split(script_args, script_args.dataset_train_split, training_args.seed)
@@ -302,7 +308,9 @@ def run_rounds(
         with Stopwatch() as sampling:
             source = policy or resolve_model_path(model_args.model_name_or_path)
             model, tokenizer, _ = load_rewriter(
-                source, resolve_base_model=resolve_model_path, dtype=getattr(torch, script_args.sample_dtype)
+                source,
+                resolve_base_model=resolve_model_path,
+                dtype=resolve_dtype(script_args.sample_dtype, training_args.device),
             )
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()  # sampling needs no adapter: merged weights are faster
@@ -324,7 +332,7 @@ def run_rounds(
             stats["replayed"] = len(old)
         if not rows:
             raise RuntimeError(f"Round {round_index}: {empty_hint} (on {len(queries)} queries).")
-        model, tokenizer_source = load_policy(model_args, policy, dtype=model_args.dtype)
+        model, tokenizer_source = load_policy(model_args, policy, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..evaluation import markdown_table, plot_curves, save_results, training_curves
 from ..retrieval.retrievers import load_retriever
+from ..rewriting.devices import dtype_name
 from ..rewriting.prompts import to_prompt_dataset
 from ..rewriting.rewriter import QueryRewriter
 from .configs import GRAPEScriptArguments
@@ -59,13 +60,15 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     )
     train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
 
-    model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=model_args.dtype)
+    # `dtype: auto` (the recipes' default): bf16 where the training device runs it natively, else fp32.
+    dtype = dtype_name(model_args.dtype, training_args.device)
+    model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
-        "dtype": model_args.dtype or "float32",
+        "dtype": dtype,
         **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
     }
     push_to_hub = training_args.push_to_hub

@@ -15,6 +15,7 @@ from pathlib import Path
 from trl import ScriptArguments
 
 from ..data import is_multi30k_dir
+from ..rewriting.devices import dtype_name
 from ..rewriting.prompts import PromptTemplate, available_shifts, get_prompt_template
 from .stages import Stopwatch, build_rewriter_config, last_checkpoint, load_policy, save_stage
 
@@ -138,13 +139,14 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     eval_pairs = (
         load_pairs(script_args, seed=training_args.seed, split=script_args.dataset_test_split) if evaluates else None
     )
-    model, tokenizer_source = load_policy(model_args, dtype=model_args.dtype)
+    dtype = dtype_name(model_args.dtype, training_args.device)  # `auto`: bf16 where native, else fp32
+    model, tokenizer_source = load_policy(model_args, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
-        "dtype": model_args.dtype or "float32",
+        "dtype": dtype,
     }
     trainer = SFTTrainer(
         model=model,

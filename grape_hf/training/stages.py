@@ -115,16 +115,20 @@ def evaluate_methods(methods: dict, template: PromptTemplate, data: GRAPEData, s
     return {"results": results, "rewrites": rewrites}
 
 
-def load_policy(model_args, init_rewriter: str | None = None, dtype: Any = None, trainable: bool = True):
+def load_policy(
+    model_args, init_rewriter: str | None = None, dtype: Any = None, trainable: bool = True, device: Any = None
+):
     """The model a stage trains: the base model (`model_args.model_name_or_path`, resolved offline), or a previous
-    stage's rewriter folder with its LoRA adapter loaded trainable.
+    stage's rewriter folder with its LoRA adapter loaded trainable. `dtype` `"auto"` (or `None`) resolves for
+    `device` ([`~grape_hf.rewriting.devices.resolve_dtype`]: bf16 where it is native, else fp32).
 
     Returns:
         `tuple`: `(model or model path, tokenizer source)`: a path when TRL should build the model (and add the
         stage's own LoRA), a [`~peft.PeftModel`] when training continues an adapter.
     """
-    import torch
     from transformers import AutoModelForCausalLM
+
+    from ..rewriting.devices import resolve_dtype
 
     base_path = resolve_model_path(model_args.model_name_or_path)
     if init_rewriter is None:
@@ -138,10 +142,9 @@ def load_policy(model_args, init_rewriter: str | None = None, dtype: Any = None,
 
     adapter_dir = os.path.join(folder, subfolder) if subfolder else folder
     base = resolve_model_path(PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     attention = getattr(model_args, "attn_implementation", None)
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=dtype or torch.float32, **({"attn_implementation": attention} if attention else {})
+        base, dtype=resolve_dtype(dtype, device), **({"attn_implementation": attention} if attention else {})
     )
     model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     tokenizer_source = folder if read_json(folder, "tokenizer_config.json") else base

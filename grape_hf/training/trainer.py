@@ -4,8 +4,9 @@ Without vLLM, `GRPOTrainer` samples completions with the policy itself: a PEFT m
 two small LoRA matmuls to each decoding step, in the training precision. Decoding is dominated by such per-layer
 work, so on a CPU (and on a GPU without vLLM) sampling costs several times what it would with the LoRA folded into
 the weights. With `merged_generation=True` the trainer keeps a second, plain copy of the model in
-`generation_dtype` (bf16: the fast path on AMX CPUs and GPUs), refreshes it with $W + \\frac{\\alpha}{r} BA$ before
-each generation round, and generates with it, the way vLLM serves merged weights in TRL's server mode. The loss and the
+`generation_dtype` (`"auto"`: bf16 where the device runs it natively, else fp32; see [`grape_hf.rewriting.devices`]),
+refreshes it with $W + \\frac{\\alpha}{r} BA$ before each generation round, and generates with it, the way vLLM serves
+merged weights in TRL's server mode. The loss and the
 reference model are computed by the policy as before, so when the sampler's precision makes it differ slightly from
 the policy, GRPO's importance ratio sees it like any off-policy sample.
 
@@ -34,8 +35,12 @@ class GRAPEConfig(GRPOConfig):
     Example:
     ```python
     >>> from grape_hf.training.trainer import GRAPEConfig
-    >>> GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True).generation_dtype
-    'bfloat16'
+    >>> args = GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True)
+    >>> args.generation_dtype
+    'auto'
+    >>> from grape_hf.rewriting.devices import native_bf16
+    >>> args.bf16 == native_bf16("cpu")  # bf16 autocast, when not set, only where bf16 is native
+    True
     ```
     """
 
@@ -47,7 +52,11 @@ class GRAPEConfig(GRPOConfig):
         },
     )
     generation_dtype: str = field(
-        default="bfloat16", metadata={"help": "Weights of the merged sampling copy: 'bfloat16' or 'float32'."}
+        default="auto",
+        metadata={
+            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: CUDA from "
+            "Ampere on, CPUs with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
+        },
     )
     lora_autocast_inputs: bool = field(
         default=False,
@@ -103,10 +112,15 @@ class GRAPEConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # TRL turns bf16 autocast on whenever it is not set; on a CPU without native bf16 that is the slow path.
+            from ..rewriting.devices import native_bf16
+
+            self.bf16 = native_bf16("cpu" if self.use_cpu else None)
         super().__post_init__()
-        if self.generation_dtype not in ("bfloat16", "float32", "float16"):
+        if self.generation_dtype not in ("auto", "bfloat16", "float32", "float16"):
             raise ValueError(
-                f"generation_dtype must be 'bfloat16', 'float16' or 'float32', got {self.generation_dtype!r}."
+                f"generation_dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {self.generation_dtype!r}."
             )
         if self.merged_generation and self.use_vllm:
             raise ValueError("merged_generation samples with transformers; with use_vllm=True vLLM samples already.")
@@ -267,7 +281,9 @@ class GRAPETrainer(GRPOTrainer):
         policy = self.accelerator.unwrap_model(self.model)
         step = self.state.global_step
         if self._sampler is None:
-            self._sampler = MergedSampler(policy, getattr(torch, self.args.generation_dtype))
+            from ..rewriting.devices import resolve_dtype
+
+            self._sampler = MergedSampler(policy, resolve_dtype(self.args.generation_dtype, policy))
             self._sampler.synced_step = step
         elif self._sampler.synced_step != step:
             self._sampler.sync(policy, step)

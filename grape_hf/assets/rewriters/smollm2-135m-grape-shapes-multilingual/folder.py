@@ -7,9 +7,10 @@ under a small top `config.json` of model type `grape_rewriter`: transformers loo
 `config.json`, and would load the base model's weights from the folder itself (not from the adapter's base) if that
 config sat next to a top-level `adapter_config.json`.
 
-This module and `grape_hf/rewriting/pipeline.py` are self-contained on purpose: they import only the standard library,
-torch and transformers (and peft for an adapter). [`add_pipeline_files`] copies both into a saved folder at save time,
-as transformers' `custom_object_save` copies a model's module and its relative imports, so that
+This module, `grape_hf/rewriting/pipeline.py` and `grape_hf/rewriting/devices.py` are self-contained on purpose: they
+import only the standard library, torch and transformers (and peft for an adapter), and each other.
+[`add_pipeline_files`] copies the three into a saved folder at save time, as
+transformers' `custom_object_save` copies a model's module and its relative imports, so that
 `pipeline(model=folder, trust_remote_code=True)` runs where grape_hf is not installed. Everything in grape_hf that
 reads or writes a rewriter folder, renders its prompt or generates rewrites goes through here.
 """
@@ -37,6 +38,8 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import cached_file
+
+from .devices import resolve_dtype
 
 REWRITER_CONFIG_NAME = "grape_rewriter.json"
 PROMPTS_NAME = "grape_prompts.json"
@@ -472,8 +475,16 @@ class GRAPERewriterLoader:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *model_args, config: Any = None, resolve_base_model=None, **kwargs):
-        """Load the model; `resolve_base_model` (default: the class's) maps a base model id to a loadable path."""
+        """Load the model; `resolve_base_model` (default: the class's) maps a base model id to a loadable path.
+
+        `dtype` `"auto"` or unset means the device's fast precision ([`~grape_hf.rewriting.devices.resolve_dtype`]:
+        bf16 where it is native, else fp32), not the checkpoint's; an explicit dtype is used as given.
+        """
         resolve = resolve_base_model or cls.resolve_base_model
+        if kwargs.get("torch_dtype") is None:
+            kwargs.pop("torch_dtype", None)
+            device = kwargs.get("device_map") if isinstance(kwargs.get("device_map"), str) else None
+            kwargs["dtype"] = resolve_dtype(kwargs.get("dtype", "auto"), None if device == "auto" else device)
         name_or_path = str(name_or_path)
         if not Path(name_or_path).exists():
             name_or_path = resolve(name_or_path)  # a plain model's Hub id (offline: its local copy)
@@ -570,9 +581,13 @@ def save_rewriter_folder(
 
 
 def remote_code_files() -> dict[str, Path]:
-    """File name in a saved folder -> the module it is copied from (the pipeline and this module)."""
+    """File name in a saved folder -> the module it is copied from (the pipeline, this module and what it imports)."""
     here = Path(__file__).parent
-    return {f"{PIPELINE_MODULE}.py": here / "pipeline.py", f"{Path(__file__).stem}.py": Path(__file__)}
+    return {
+        f"{PIPELINE_MODULE}.py": here / "pipeline.py",
+        f"{Path(__file__).stem}.py": Path(__file__),
+        "devices.py": here / "devices.py",
+    }
 
 
 def add_pipeline_files(
