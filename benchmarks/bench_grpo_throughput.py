@@ -79,8 +79,8 @@ def run(name: str, steps: int, output_dir: Path) -> dict:
 
     from grape_hf import GRAPEScriptArguments
     from grape_hf.rewriting.devices import dtype_name
+    from grape_hf.training.configs import GRAPEConfig
     from grape_hf.training.grpo import main
-    from grape_hf.training.trainer import GRAPEConfig
 
     config, overrides = VARIANTS[name]
     argv = [

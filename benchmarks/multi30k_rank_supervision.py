@@ -58,65 +58,26 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# The stages as this script names them -> grape_hf's stage (module grape_hf.training.<stage>, recipe folder).
+STAGE_OF = {"sft": "sft", "distill": "distill", "grpo": "grpo", "preference": "dpo"}
+
+
 def fast_rewriter(source: str):
-    """A rewriter folder (or model) loaded for evaluation: bf16, any LoRA adapter merged (the fast path here)."""
-    import torch
+    """A rewriter folder (or model) loaded for evaluation: bf16 (as every number here was measured), LoRA merged."""
+    from grape_hf.training.stages import load_fast_rewriter
 
-    from grape_hf import QueryRewriter
-
-    rewriter = QueryRewriter.from_pretrained(source, dtype=torch.bfloat16, max_new_tokens=32)
-    if hasattr(rewriter.model, "merge_and_unload"):
-        rewriter.model = rewriter.model.merge_and_unload()
-    return rewriter
+    return load_fast_rewriter(source, dtype="bfloat16", max_new_tokens=32)
 
 
 def run_stage(stage: str, out: Path, extra: list[str]) -> Path:
-    """Run one stage's `main` through TrlParser with its recipe config, unless its rewriter folder exists."""
-    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+    """Run one stage with its recipe config and the Multi30k data, unless its rewriter folder exists."""
+    from grape_hf.training import stages
 
-    if (out / "grape_rewriter.json").is_file():
-        return out
-    from grape_hf import GRAPEScriptArguments
-    from grape_hf.training import distill, grpo, sft
-    from grape_hf.training import dpo as preference
-    from grape_hf.training.trainer import GRAPEConfig
-
-    kinds = {
-        "sft": ((sft.SFTScriptArguments, SFTConfig, ModelConfig), RECIPES / "sft" / "config_multi30k_de.yaml", sft),
-        "distill": (
-            (distill.DistillScriptArguments, SFTConfig, ModelConfig),
-            RECIPES / "distill" / "config_multi30k_de.yaml",
-            distill,
-        ),
-        "grpo": (
-            (GRAPEScriptArguments, GRAPEConfig, ModelConfig),
-            RECIPES / "grpo" / "config_multi30k_de.yaml",
-            grpo,
-        ),
-        "preference": (
-            (preference.PreferenceScriptArguments, DPOConfig, ModelConfig),
-            RECIPES / "dpo" / "config_multi30k_de.yaml",
-            preference,
-        ),
-    }
-    classes, config, module = kinds[stage]
-    argv = [
-        "--config",
-        str(config),
-        "--dataset_name",
-        str(MULTI30K),
-        "--output_dir",
-        str(out),
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        *extra,
-    ]
-    args = TrlParser(classes).parse_args_and_config(args=argv, fail_with_unknown_args=True)
-    log(f"{stage} -> {out}")
-    module.main(*args)
-    return out
+    config = RECIPES / STAGE_OF[stage] / "config_multi30k_de.yaml"
+    overrides = ["--dataset_name", str(MULTI30K), "--use_cpu", "true", "--report_to", "none", *extra]
+    if not stages.is_finished(out):
+        log(f"{stage} -> {out}")
+    return stages.run_stage(STAGE_OF[stage], config, out, overrides)
 
 
 def main() -> None:
@@ -127,6 +88,7 @@ def main() -> None:
     from grape_hf.metrics import retrieval_metrics
     from grape_hf.models import SMOLLM2_ID, cache_home
     from grape_hf.rewriting.rewriter import shipped_rewriter_path
+    from grape_hf.training.stages import best_of_n
     from grape_hf.training.stages import stage_minutes as minutes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,11 +277,7 @@ def main() -> None:
         if name in results:
             return
         t = time.time()
-        samples = fast_rewriter(str(final)).rewrite(
-            queries, num_rewrites=8, batch_size=16, temperature=1.0, top_k=0, top_p=1.0
-        )
-        flat = [s for group in samples for s in group]
-        ranks = scorer.ranks(flat, [t for t in targets for _ in range(8)]).view(len(queries), 8).min(dim=1).values
+        _, ranks = best_of_n(fast_rewriter(str(final)), scorer, queries, targets, n=8)
         results[name] = {**retrieval_metrics(ranks), "policy": final.name}
         log(f"{name}: {results[name]} ({time.time() - t:.0f} s)")
         save()
@@ -390,11 +348,9 @@ def _method_prefix(method: str) -> str:
 
 def _method_folder(method: str, out: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank_<variant> -> out/grpo-rank-<variant>."""
-    prefix = _method_prefix(method)
-    folder = out / (STAGES[prefix][0] + method[len(prefix) :].replace("_", "-"))
-    if (folder / "grape_rewriter.json").is_file():
-        return folder
-    raise SystemExit(f"{method}: no finished stage at {folder}; train it first.")
+    from grape_hf.training.stages import method_folder
+
+    return method_folder(method, out, {prefix: stem for prefix, (stem, _) in STAGES.items()})
 
 
 def _shipped_commit(folder: Path) -> str:
@@ -411,13 +367,8 @@ def _shipped_commit(folder: Path) -> str:
 def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: int, corpus_size: int) -> None:
     """Copy METHOD's rewriter folder into the package as SHIPPED, with every stage's numbers on its card, if it beats
     the rewriter shipped now (R@10 on the same queries)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from grape_hf.hub import build_model_card, build_upload_folder
     from grape_hf.metrics import METRICS
-    from grape_hf.rewriting.folder import RewriterConfig
+    from grape_hf.training.stages import ship_rewriter
 
     if method not in results or not method.startswith(("grape_rank", "self_distillation_", "rank_preference_")):
         raise SystemExit(
@@ -428,20 +379,10 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
     if new <= old:
         log(f"not shipped: {method} R@10 {new} does not beat the shipped rewriter's {old}")
         return
-    folder = _method_folder(method, out)
-    dest = dest_root / SHIPPED
-    shutil.rmtree(dest, ignore_errors=True)
-    build_upload_folder(folder, dest)  # what a Hub push would hold: no checkpoints, the current remote-code modules
-    weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
-    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
-    config = RewriterConfig.load(dest)
     chain = [method]  # the stages that led to METHOD, latest first
     while "started_from" in results[chain[-1]]:
         chain.append(results[chain[-1]]["started_from"])
-    config.dataset = "Multi30k task2 (German description 1 -> English description 1 of the same image)"
-    config.corpus = "Multi30k task2 train, English description 1 of 5,000 images"
-    config.training.pop("init_rewriter", None)
-    config.training.update(
+    training = dict(
         stages=[f"{m} ({STAGES[_method_prefix(m)][1]})" for m in reversed(chain)],
         command=" && ".join(
             [
@@ -454,7 +395,7 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
         stage_sizes=FULL,
         results="benchmarks/results/multi30k_de_rank_supervision.json",
     )
-    config.evaluation = {
+    evaluation = {
         "before": {m: results["german_as_is"][m] for m in METRICS},
         "zero_shot": {m: results["zero_shot"][m] for m in METRICS},
         **{stage: {m: results[stage][m] for m in METRICS} for stage in reversed(chain[1:])},
@@ -465,8 +406,15 @@ def ship(method: str, out: Path, results: dict, dest_root: Path, num_queries: in
         "num_queries": num_queries,
         "corpus_size": corpus_size,
     }
-    config.save(dest)
-    build_model_card(config, is_adapter=True).save(dest / "README.md")
+    dest = dest_root / SHIPPED
+    ship_rewriter(
+        _method_folder(method, out),
+        dest,
+        evaluation,
+        training,
+        dataset="Multi30k task2 (German description 1 -> English description 1 of the same image)",
+        corpus="Multi30k task2 train, English description 1 of 5,000 images",
+    )
     log(f"shipped {method} ({new} against {old}) to {dest}")
 
 

@@ -142,42 +142,14 @@ def build_task(shift: str, folder: Path, sizes: dict):
 
 
 def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str]) -> Path:
-    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` through TrlParser with its shapes config, unless
-    it is done."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done."""
+    from grape_hf.training import stages
 
-    from grape_hf import GRAPEScriptArguments
-    from grape_hf.training import distill, grpo
-    from grape_hf.training.trainer import GRAPEConfig
-
-    if (out / "grape_rewriter.json").is_file():
-        return out
-    kinds = {
-        "distill": ((distill.DistillScriptArguments, SFTConfig, ModelConfig), "distill", distill),
-        "grpo": ((GRAPEScriptArguments, GRAPEConfig, ModelConfig), "grpo", grpo),
-    }
-    classes, recipe, module = kinds[stage]
-    argv = [
-        "--config",
-        str(RECIPES / recipe / "config_shapes.yaml"),
-        "--dataset_name",
-        str(folder / "data"),
-        "--shift",
-        shift,
-        "--output_dir",
-        str(out),
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        *extra,
-    ]
-    if "--init_rewriter" not in extra:
-        argv += ["--prompt_template", str(folder / "prompt.json")]
-    args = TrlParser(classes).parse_args_and_config(args=argv, fail_with_unknown_args=True)
-    log(f"{shift}: {stage} -> {out}")
-    module.main(*args)
-    return out
+    data = ["--dataset_name", str(folder / "data"), "--shift", shift, "--use_cpu", "true", "--report_to", "none"]
+    prompt = [] if "--init_rewriter" in extra else ["--prompt_template", str(folder / "prompt.json")]
+    if not stages.is_finished(out):
+        log(f"{shift}: {stage} -> {out}")
+    return stages.run_stage(stage, RECIPES / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
 
 
 def visible_facts(texts: list[str], captions: list[str], context: int = 32) -> dict:
@@ -224,9 +196,10 @@ def run_shift(
     `previously_shipped`."""
     import torch
 
-    from grape_hf import QueryRewriter, RankScorer
+    from grape_hf import RankScorer
     from grape_hf.metrics import METRICS, retrieval_metrics
     from grape_hf.models import SMOLLM2_ID, cache_home
+    from grape_hf.training.stages import best_of_n, load_fast_rewriter
     from grape_hf.training.stages import stage_minutes as minutes
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -258,13 +231,10 @@ def run_shift(
         save()
         log(f"{shift} / {name}: " + ", ".join(f"{m} {done[name][m]:.3f}" for m in METRICS))
 
-    def rewriter(source: str) -> QueryRewriter:
-        model = QueryRewriter.from_pretrained(
-            source, template=template if source == SMOLLM2_ID else None, dtype=torch.bfloat16, max_new_tokens=32
-        )
-        if hasattr(model.model, "merge_and_unload"):
-            model.model = model.model.merge_and_unload()  # merged bf16 weights: the fast path
-        return model
+    def rewriter(source: str):
+        # bf16 (as every number here was measured), LoRA merged: the fast path
+        own = template if source == SMOLLM2_ID else None
+        return load_fast_rewriter(source, template=own, dtype="bfloat16", max_new_tokens=32)
 
     def evaluate(name: str, source: str, **info) -> None:
         if name not in done:
@@ -319,12 +289,8 @@ def run_shift(
         if variant["stage"] == "grpo":
             curves[variant["name"]] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
-        samples = rewriter(str(folder / "grpo-rank")).rewrite(
-            queries, references=references, num_rewrites=8, batch_size=8, temperature=1.0, top_k=0, top_p=1.0
-        )
-        ranks = scorer.ranks([s for group in samples for s in group], [t for t in targets for _ in range(8)])
-        best = ranks.view(len(queries), 8).argmin(dim=1).tolist()
-        record("oracle_best_of_8", [samples[i][j] for i, j in enumerate(best)], policy="grape_rank")
+        best, _ = best_of_n(rewriter(str(folder / "grpo-rank")), scorer, queries, targets, 8, references, batch_size=8)
+        record("oracle_best_of_8", best, policy="grape_rank")
     if shipped is not None:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
         done.pop("previously_shipped", None)
         if (shipped / "grape_rewriter.json").is_file():
@@ -375,18 +341,11 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) 
 def stage_folder(method: str, folder: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
     folder/grpo-<v>, self_distillation_<v> -> folder/distill-<v>."""
-    stem = BASE_STAGES.get(method)
-    for prefix, variant_stem in (("grape_rank_", "grpo-"), ("self_distillation_", "distill-")):
-        if stem is None and method.startswith(prefix):
-            stem = variant_stem + method.removeprefix(prefix)
-    if stem is None:
-        raise SystemExit(
-            f"--start_from {method}: not a method this script trains; use one of {sorted(BASE_STAGES)}, "
-            "grape_rank_<variant> or self_distillation_<variant>."
-        )
-    if not (folder / stem / "grape_rewriter.json").is_file():
-        raise SystemExit(f"--start_from {method}: no finished stage at {folder / stem}; train it first.")
-    return folder / stem
+    from grape_hf.training.stages import method_folder
+
+    if method in BASE_STAGES:
+        return method_folder(method, folder, BASE_STAGES)
+    return method_folder(method, folder, {"grape_rank": "grpo", "self_distillation": "distill"})
 
 
 def main() -> None:
@@ -494,13 +453,8 @@ def shipped_name(shift: str) -> str:
 def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) -> None:
     """Copy METHOD's rewriter folder into the package with its held-out numbers and its chain of stages on the card,
     if it beats the rewriter shipped now on the shift's headline metric (R@1 for composed, R@10 otherwise)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from grape_hf.hub import build_model_card
     from grape_hf.metrics import METRICS
-    from grape_hf.rewriting.folder import RewriterConfig
+    from grape_hf.training.stages import ship_rewriter
 
     done, size, metric = results[shift], results["_meta"][shift], HEADLINE.get(shift, "R@10")
     earlier = done.get("previously_shipped")
@@ -516,24 +470,13 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
     variants = results["_meta"].get("variants", {})
     names = [m.removeprefix("grape_rank_").removeprefix("self_distillation_") for m in reversed(chain)]
     commands = [results["_meta"]["command"]] + [variants[n]["command"] for n in names if n in variants]
-    dest = dest_root / shipped_name(shift)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(
-        stage_folder(method, folder),
-        dest,
-        ignore=shutil.ignore_patterns("checkpoint-*", "trainer", "eval", "curves.*", "round-*", "stats.json"),
-    )
-    weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
-    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
-    config = RewriterConfig.load(dest)
-    config.training.pop("init_rewriter", None)
-    config.training.update(
+    training = dict(
         method=method,
         stages=list(reversed(chain)),
         command=" && ".join(commands),
         results="benchmarks/results/shapes.json",
     )
-    config.evaluation = {
+    evaluation = {
         "before": {m: done["no_rewrite"][m] for m in METRICS},
         "zero_shot": {m: done["zero_shot"][m] for m in METRICS},
         "start": {m: done[done[method].get("started_from", "self_distillation")][m] for m in METRICS},
@@ -544,8 +487,8 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
         "num_queries": size["eval_queries"],
         "corpus_size": size["corpus"],
     }
-    config.save(dest)
-    build_model_card(config, is_adapter=True).save(dest / "README.md")
+    dest = dest_root / shipped_name(shift)
+    ship_rewriter(stage_folder(method, folder), dest, evaluation, training)
     log(f"shipped {method} to {dest}")
 
 

@@ -20,7 +20,7 @@ _LAZY = {
     "GRAPERewardFunction": "training.rewards",
     "get_reward_funcs": "training.rewards",
     "GRAPEScriptArguments": "training.configs",
-    "GRAPEConfig": "training.trainer",
+    "GRAPEConfig": "training.configs",
     "GRAPETrainer": "training.trainer",
     "QueryRewriter": "rewriting.rewriter",
     "RewriterConfig": "rewriting.folder",
@@ -51,9 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; `__all__` re
     from .rewriting.pipeline import GRAPERewritePipeline
     from .rewriting.prompts import PromptTemplate, get_prompt_template
     from .rewriting.rewriter import QueryRewriter, shipped_rewriter_path
-    from .training.configs import GRAPEScriptArguments
+    from .training.configs import GRAPEConfig, GRAPEScriptArguments
     from .training.rewards import GRAPERewardFunction, get_reward_funcs
-    from .training.trainer import GRAPEConfig, GRAPETrainer
+    from .training.trainer import GRAPETrainer
 
 
 def __getattr__(name: str):

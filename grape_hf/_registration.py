@@ -23,14 +23,11 @@ _registration = {"done": False, "running": False}
 
 
 def _register_pipeline() -> None:
-    from pathlib import Path
-
     from .models import resolve_model_path
     from .rewriting.pipeline import register_pipeline
+    from .rewriting.prompts import PROMPTS_FILE
 
-    register_pipeline(
-        resolve_base_model=resolve_model_path, prompts_file=Path(__file__).parent / "rewriting" / "prompts.json"
-    )
+    register_pipeline(resolve_base_model=resolve_model_path, prompts_file=PROMPTS_FILE)
 
 
 def _importing(name: str, just_executed: str | None) -> bool:

@@ -25,9 +25,9 @@ from .rewriting.folder import (
     add_pipeline_files,
     save_rewriter_folder,
 )
+from .rewriting.prompts import PROMPTS_FILE
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
-PROMPTS_FILE = Path(__file__).parent / "rewriting" / "prompts.json"
 PAPER_URL = "https://arxiv.org/abs/2509.23370"
 MODEL_FILES = (
     "config.json",

@@ -9,8 +9,8 @@ Any field of the YAML can be overridden on the command line (`--max_steps 50`).
 from trl import ModelConfig, TrlParser
 
 from grape_hf import GRAPEScriptArguments
+from grape_hf.training.configs import GRAPEConfig
 from grape_hf.training.grpo import main
-from grape_hf.training.trainer import GRAPEConfig
 
 if __name__ == "__main__":
     parser = TrlParser((GRAPEScriptArguments, GRAPEConfig, ModelConfig))

@@ -43,7 +43,7 @@ def test_device_of_a_model_and_bad_names():
 
 
 def test_grape_config_leaves_autocast_to_the_device():
-    from grape_hf.training.trainer import GRAPEConfig
+    from grape_hf.training.configs import GRAPEConfig
 
     args = GRAPEConfig(output_dir="out", use_cpu=True, report_to="none")
     assert args.bf16 is native_bf16("cpu") and args.generation_dtype == "auto"

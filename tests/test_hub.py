@@ -31,6 +31,8 @@ PUBLISHED = {
     "grape_rewriter.json",
     "grape_rewrite_pipeline.py",
     "folder.py",
+    "prompting.py",
+    "generation.py",
     "devices.py",
     "grape_prompts.json",
     "README.md",

@@ -7,10 +7,12 @@ import yaml
 from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from grape_hf import GRAPEScriptArguments
-from grape_hf.training.distill import DistillScriptArguments
-from grape_hf.training.dpo import PreferenceScriptArguments
-from grape_hf.training.sft import SFTScriptArguments
-from grape_hf.training.trainer import GRAPEConfig
+from grape_hf.training.configs import (
+    DistillScriptArguments,
+    GRAPEConfig,
+    PreferenceScriptArguments,
+    SFTScriptArguments,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Stage X: module grape_hf/training/X.py, configs in recipes/<model>/X/, script recipes/X_grape.py.

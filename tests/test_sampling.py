@@ -100,7 +100,7 @@ def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
     """generate_rewrite_tokens: several rewrites per prompt from one prompt forward, as generate would give them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from grape_hf.rewriting.folder import generate_rewrite_tokens
+    from grape_hf.rewriting.generation import generate_rewrite_tokens
     from grape_hf.training.group_decoding import _left_pad
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -197,7 +197,7 @@ def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
 def test_reserved_layer_matches_dynamic_layer_through_growth_crop_and_reorder():
     from transformers.cache_utils import DynamicLayer
 
-    from grape_hf.rewriting.folder import ReservedLayer
+    from grape_hf.rewriting.generation import ReservedLayer
 
     torch.manual_seed(0)
     plain, reserved = DynamicLayer(), ReservedLayer(reserve=2)

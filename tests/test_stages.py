@@ -18,7 +18,8 @@ def parse(arg_classes, args):
 def warm_start(_tiny_llama, multi30k_path, tmp_path_factory):
     from trl import ModelConfig, SFTConfig
 
-    from grape_hf.training.sft import SFTScriptArguments, main
+    from grape_hf.training.configs import SFTScriptArguments
+    from grape_hf.training.sft import main
 
     out = tmp_path_factory.mktemp("sft") / "warm"
     args = parse(
@@ -68,7 +69,8 @@ def test_sft_saves_a_rewriter_folder_trained_on_translation_pairs(warm_start, mu
     from transformers import pipeline
 
     import grape_hf  # noqa: F401  (registers "grape-rewrite")
-    from grape_hf.training.sft import SFTScriptArguments, load_pairs
+    from grape_hf.training.configs import SFTScriptArguments
+    from grape_hf.training.sft import load_pairs
 
     meta = json.loads((warm_start / "grape_rewriter.json").read_text())
     assert meta["training"]["stage"] == "sft" and meta["training"]["stages"] == ["sft"]
@@ -87,8 +89,8 @@ def test_grpo_from_the_warm_start_logs_a_curve_and_resumes(warm_start, multi30k_
     from trl import ModelConfig
 
     from grape_hf import GRAPEScriptArguments
+    from grape_hf.training.configs import GRAPEConfig
     from grape_hf.training.grpo import main
-    from grape_hf.training.trainer import GRAPEConfig
 
     out = tmp_path / "grpo"
 
@@ -185,7 +187,8 @@ def test_select_best_keeps_samples_that_beat_greedy(minilm):
 
 def test_select_best_max_rank_keeps_only_samples_ranked_high_enough(minilm):
     from grape_hf import GRAPERewardFunction, RankScorer
-    from grape_hf.training.distill import DistillScriptArguments, select_best
+    from grape_hf.training.configs import DistillScriptArguments
+    from grape_hf.training.distill import select_best
 
     corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car in the snow", "a dog in snow"]
     reward = GRAPERewardFunction(RankScorer(minilm, corpus, show_progress_bar=False), reward="rank")
@@ -204,7 +207,8 @@ def test_select_best_max_rank_keeps_only_samples_ranked_high_enough(minilm):
 def test_self_distillation_round_saves_and_resumes(warm_start, multi30k_path, tmp_path):
     from trl import ModelConfig, SFTConfig
 
-    from grape_hf.training.distill import DistillScriptArguments, main
+    from grape_hf.training.configs import DistillScriptArguments
+    from grape_hf.training.distill import main
 
     out = tmp_path / "distill"
     argv = [
@@ -270,7 +274,8 @@ def test_self_distillation_of_composed_shapes_queries_from_the_base_model(_tiny_
 
     from grape_hf.cli import main as cli
     from grape_hf.rewriting.prompts import get_prompt_template
-    from grape_hf.training.distill import DistillScriptArguments, main
+    from grape_hf.training.configs import DistillScriptArguments
+    from grape_hf.training.distill import main
 
     data = tmp_path / "shapes-composed"
     assert (
@@ -372,7 +377,8 @@ def test_rank_preference_round_trains_dpo_against_the_start_and_resumes(warm_sta
     from safetensors.torch import load_file
     from trl import DPOConfig, ModelConfig
 
-    from grape_hf.training.dpo import PreferenceScriptArguments, main
+    from grape_hf.training.configs import PreferenceScriptArguments
+    from grape_hf.training.dpo import main
 
     out = tmp_path / "dpo"
     argv = [
@@ -428,3 +434,47 @@ def test_rank_preference_round_trains_dpo_against_the_start_and_resumes(warm_sta
     trained = load_file(out / "adapter" / "adapter_model.safetensors")
     assert trained.keys() == start.keys() and any(not trained[k].equal(start[k]) for k in start)
     assert main(*parse((PreferenceScriptArguments, DPOConfig, ModelConfig), argv)) == history  # resumed
+
+
+def test_method_folder_finds_a_variant_and_refuses_an_unfinished_stage(tmp_path):
+    from grape_hf.training.stages import method_folder
+
+    folders = {"grape_rank": "grpo-rank", "self_distillation": "distill"}
+    (tmp_path / "grpo-rank-long-r10").mkdir()
+    (tmp_path / "grpo-rank-long-r10" / "grape_rewriter.json").write_text("{}")
+    assert method_folder("grape_rank_long_r10", tmp_path, folders) == tmp_path / "grpo-rank-long-r10"
+    with pytest.raises(SystemExit, match="no finished stage at"):
+        method_folder("self_distillation", tmp_path, folders)
+    with pytest.raises(SystemExit, match="not a trained method"):
+        method_folder("zero_shot", tmp_path, folders)
+
+
+def test_best_of_n_keeps_the_best_ranked_sample(_tiny_llama, minilm):
+    from grape_hf import RankScorer
+    from grape_hf.training.stages import best_of_n, load_fast_rewriter
+
+    rewriter = load_fast_rewriter(str(_tiny_llama), dtype="float32", max_new_tokens=6)
+    scorer = RankScorer(minilm, ["a dog runs", "two men play chess", "a red car"], show_progress_bar=False)
+    best, ranks = best_of_n(rewriter, scorer, ["Ein Hund", "Zwei Männer"], [0, 1], n=3)
+    assert len(best) == 2 and ranks.tolist() == scorer.ranks(best, [0, 1]).tolist()
+
+
+def test_ship_rewriter_writes_an_fp16_adapter_and_its_card(tmp_path):
+    from safetensors.torch import load_file
+
+    from grape_hf.rewriting.folder import RewriterConfig
+    from grape_hf.rewriting.rewriter import shipped_rewriter_path
+    from grape_hf.training.stages import ship_rewriter
+
+    numbers = {"R@1": 0.5, "R@5": 0.6, "R@10": 0.7, "MRR": 0.55, "nDCG@10": 0.6, "mean_rank": 3.0}
+    evaluation = {"before": numbers, "after": numbers, "num_queries": 10, "corpus_size": 20}
+    config = ship_rewriter(
+        shipped_rewriter_path(), tmp_path / "shipped", evaluation, {"command": "make it"}, corpus="c"
+    )
+    assert config.training["command"] == "make it" and "init_rewriter" not in config.training
+    saved = RewriterConfig.load(tmp_path / "shipped")
+    assert saved.corpus == "c" and saved.evaluation == evaluation
+    weights = load_file(tmp_path / "shipped" / "adapter" / "adapter_model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float16"}
+    assert "0.7" in (tmp_path / "shipped" / "README.md").read_text()
+    assert not list((tmp_path / "shipped").glob("checkpoint-*"))

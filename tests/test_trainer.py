@@ -11,7 +11,8 @@ def tiny_trainer(tiny_llama_dir, minilm, multi30k_path, tmp_path, **settings):
     from grape_hf import GRAPERewardFunction, RankScorer
     from grape_hf.data import load_multi30k
     from grape_hf.rewriting.prompts import get_prompt_template, to_prompt_dataset
-    from grape_hf.training.trainer import GRAPEConfig, GRAPETrainer
+    from grape_hf.training.configs import GRAPEConfig
+    from grape_hf.training.trainer import GRAPETrainer
 
     data = load_multi30k(multi30k_path, split="validation", max_images=12)
     defaults = dict(
@@ -35,7 +36,7 @@ def tiny_trainer(tiny_llama_dir, minilm, multi30k_path, tmp_path, **settings):
 def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir, lora_policy):
     from transformers import AutoTokenizer
 
-    from grape_hf.training.trainer import MergedSampler
+    from grape_hf.training.merged_sampler import MergedSampler
 
     policy = lora_policy.eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -59,7 +60,8 @@ def test_merged_sampler_computes_what_the_lora_policy_computes(tiny_llama_dir, l
 def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
     tiny_llama_dir, minilm, multi30k_path, tmp_path
 ):
-    from grape_hf.training.trainer import GRAPETrainer, merged_state_dict
+    from grape_hf.training.merged_sampler import merged_state_dict
+    from grape_hf.training.trainer import GRAPETrainer
 
     trainer = tiny_trainer(
         tiny_llama_dir,
@@ -115,7 +117,7 @@ def test_grape_trainer_samples_from_the_merged_copy_and_keeps_it_synced(
 
 
 def test_grape_config_refuses_bad_settings():
-    from grape_hf.training.trainer import GRAPEConfig
+    from grape_hf.training.configs import GRAPEConfig
 
     with pytest.raises(ValueError, match="generation_dtype must be"):
         GRAPEConfig(output_dir="out", use_cpu=True, generation_dtype="int8")

@@ -11,15 +11,16 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .folder import render_messages
-from .folder import render_prompt as _render_prompt
+from .prompting import render_messages
+from .prompting import render_prompt as _render_prompt
 
-_TEMPLATES_FILE = Path(__file__).with_name("prompts.json")
+# The built-in templates, as data (also copied into saved folders as `grape_prompts.json`).
+PROMPTS_FILE = Path(__file__).with_name("prompts.json")
 
 
 @lru_cache(maxsize=1)
 def _builtin_templates() -> dict[str, dict]:
-    return json.loads(_TEMPLATES_FILE.read_text())
+    return json.loads(PROMPTS_FILE.read_text())
 
 
 def available_shifts() -> list[str]:

@@ -1,8 +1,8 @@
 """The query rewriter: an LLM, its tokenizer and the prompt it was trained with, rewriting batches of queries.
 
-The rewriter folder format, its loader and the generation path live in [`~grape_hf.rewriting.folder`]; this module
-wraps them for batch use from Python (evaluation, the R@10 curve callback, self-distillation) and lists the rewriters
-shipped with grape_hf.
+The rewriter folder format and its loader live in [`~grape_hf.rewriting.folder`], the generation path in
+[`~grape_hf.rewriting.generation`]; this module wraps them for batch use from Python (evaluation, the R@10 curve
+callback, self-distillation) and lists the rewriters shipped with grape_hf.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 
 from ..models import resolve_model_path
 from .devices import resolve_dtype
-from .folder import REWRITER_CONFIG_NAME, decode_rewrites, generate_rewrite_tokens, load_rewriter
+from .folder import REWRITER_CONFIG_NAME, load_rewriter, with_pad_token
+from .generation import decode_rewrites, generate_rewrite_tokens
 from .prompts import PromptTemplate, get_prompt_template
 
 
@@ -41,8 +42,7 @@ class QueryRewriter:
         self.tokenizer = tokenizer
         self.template = template or get_prompt_template("multilingual")
         self.max_new_tokens = max_new_tokens
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        with_pad_token(self.tokenizer)
 
     @classmethod
     def from_pretrained(

@@ -17,72 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..rewriting.devices import resolve_dtype
-from .configs import GRAPEScriptArguments
+from .configs import DistillScriptArguments
 from .rewards import GRAPERewardFunction
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DistillScriptArguments(GRAPEScriptArguments):
-    """[`~grape_hf.GRAPEScriptArguments`] plus the sampling and filtering of self-distillation.
-
-    Example:
-    ```python
-    >>> from grape_hf.training.distill import DistillScriptArguments
-    >>> DistillScriptArguments(dataset_name="../shared/data/multi30k").num_samples
-    8
-    ```
-    """
-
-    rounds: int = field(default=2, metadata={"help": "Sample-filter-fine-tune rounds."})
-    num_samples: int = field(default=8, metadata={"help": "Rewrites sampled per training query each round."})
-    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rewrites."})
-    sample_batch_size: int = field(default=16, metadata={"help": "Queries per generate call while sampling."})
-    min_improvement: float = field(
-        default=0.0, metadata={"help": "Keep a query's best sample only if its reward beats the greedy one's by more."}
-    )
-    max_rank: int | None = field(
-        default=None,
-        metadata={
-            "help": "Keep a query's best sample only if the retriever ranks its target at this place or better (1: "
-            "only rewrites that retrieve the target first). Default: no rank cut."
-        },
-    )
-    max_new_tokens: int = field(default=32, metadata={"help": "Length of a sampled rewrite."})
-    replay: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Rows files (kept.jsonl; pairs.jsonl for DPO) or the round folders holding them, of earlier runs "
-            "of the same stage with the same prompt: their rows join every round's training, as ReST-EM grows its "
-            "dataset."
-        },
-    )
-    sample_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: GPUs, CPUs "
-            "with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
-        },
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.max_rank is not None and self.max_rank < 1:
-            raise ValueError(
-                f"max_rank must be >= 1 (1 keeps only samples that rank the target first), got {self.max_rank}."
-            )
-        if self.rounds < 1 or self.num_samples < 2:
-            raise ValueError(
-                f"rounds must be >= 1 (got {self.rounds}) and num_samples >= 2 (got {self.num_samples}): the best "
-                "of one sample is just a sample."
-            )
 
 
 def check_sampled(queries: list, targets: list, greedy: list, samples: list) -> int:
@@ -186,31 +130,11 @@ def sample_rewrites(
 
 def main(script_args: DistillScriptArguments, training_args, model_args):
     """Run the rounds; the last one is also saved to `output_dir` itself (the rewriter folder of the stage)."""
+    from trl import SFTTrainer
 
-    def select(queries, targets, greedy, samples, reward, references):
-        return select_best(
-            queries,
-            targets,
-            greedy,
-            samples,
-            reward,
-            script_args.min_improvement,
-            references=references,
-            max_rank=script_args.max_rank,
-        )
+    from .sft import to_sft_dataset
 
-    def build_trainer(model, args, rows, template, tokenizer, peft_config):
-        from datasets import Dataset
-        from trl import SFTTrainer
-
-        from .sft import to_sft_dataset
-
-        columns = ["query", "rewrite", *(["reference"] if "reference" in rows[0] else [])]
-        dataset = to_sft_dataset(Dataset.from_list(rows).select_columns(columns), template)
-        return SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
-        )
-
+    select = partial(select_best, min_improvement=script_args.min_improvement, max_rank=script_args.max_rank)
     hint = "no sampled rewrite beat the greedy one; raise num_samples or sample_temperature, or lower min_improvement"
     if script_args.max_rank:
         hint += f" or raise max_rank ({script_args.max_rank})"
@@ -220,7 +144,8 @@ def main(script_args: DistillScriptArguments, training_args, model_args):
         model_args,
         "self_distillation",
         select,
-        build_trainer,
+        SFTTrainer,
+        to_sft_dataset,
         hint,
         "kept.jsonl",
         key=("query", "rewrite"),
@@ -253,7 +178,8 @@ def run_rounds(
     model_args,
     stage: str,
     select,
-    build_trainer,
+    trainer_class,
+    to_dataset,
     empty_hint: str,
     rows_file: str,
     key: tuple[str, ...],
@@ -261,24 +187,25 @@ def run_rounds(
     """The sample → rank → train loop that self-distillation and rank preference optimisation share.
 
     Each round samples the greedy rewrite and `num_samples` rewrites per training query from the current policy
-    (merged LoRA, `sample_dtype` weights), calls `select(queries, targets, greedy, samples, reward, references)` for
-    the training rows and the round's numbers, trains on the rows with the trainer `build_trainer(model, args, rows,
-    template, tokenizer, peft_config)` returns, and saves the round's rewriter folder with the rows (`rows_file`) and
-    `stats.json`. The rows of `script_args.replay` join every round's, less those with a `key` this round has. A round
-    with `stats.json` is not redone. Returns the rounds' stats.
+    (merged LoRA, `sample_dtype` weights), calls `select(queries, targets, greedy, samples, reward, references=...)`
+    for the training rows and the round's numbers, trains on the rows (their `key` columns, and `reference` where
+    there is one, made a dataset by `to_dataset(rows, template)`) with a TRL `trainer_class`, and saves the round's
+    rewriter folder with the rows (`rows_file`) and `stats.json`. The rows of `script_args.replay` join every round's,
+    less those with a `key` this round has. A round with `stats.json` is not redone. Returns the rounds' stats.
     """
-    from transformers import AutoTokenizer, set_seed
+    from datasets import Dataset
+    from transformers import set_seed
     from trl import get_peft_config
 
     from ..models import resolve_model_path
     from ..retrieval.retrievers import load_retriever
-    from ..rewriting.folder import load_rewriter
-    from ..rewriting.rewriter import QueryRewriter
+    from ..rewriting.folder import load_tokenizer
     from .rewards import get_reward_funcs
     from .stages import (
         Stopwatch,
         build_rewriter_config,
         build_scorer,
+        load_fast_rewriter,
         load_policy,
         load_split,
         save_stage,
@@ -307,14 +234,9 @@ def run_rounds(
             continue
         with Stopwatch() as sampling:
             source = policy or resolve_model_path(model_args.model_name_or_path)
-            model, tokenizer, _ = load_rewriter(
-                source,
-                resolve_base_model=resolve_model_path,
-                dtype=resolve_dtype(script_args.sample_dtype, training_args.device),
-            )
-            if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()  # sampling needs no adapter: merged weights are faster
-            rewriter = QueryRewriter(model, tokenizer, template, max_new_tokens=script_args.max_new_tokens)
+            sample_dtype = resolve_dtype(script_args.sample_dtype, training_args.device)
+            # Sampling needs no adapter: merged weights are faster.
+            rewriter = load_fast_rewriter(source, template, sample_dtype, max_new_tokens=script_args.max_new_tokens)
             greedy, samples = sample_rewrites(
                 rewriter,
                 queries,
@@ -323,8 +245,8 @@ def run_rounds(
                 script_args.sample_batch_size,
                 references,
             )
-            del model, rewriter
-        rows, stats = select(queries, targets, greedy, samples, reward, references)
+            del rewriter
+        rows, stats = select(queries, targets, greedy, samples, reward, references=references)
         if replayed:
             seen = {_row_key(row, key) for row in rows}
             old = [row for row in replayed if _row_key(row, key) not in seen]
@@ -333,11 +255,16 @@ def run_rounds(
         if not rows:
             raise RuntimeError(f"Round {round_index}: {empty_hint} (on {len(queries)} queries).")
         model, tokenizer_source = load_policy(model_args, policy, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(tokenizer_source)
         peft_config = get_peft_config(model_args) if isinstance(model, str) else None
-        trainer = build_trainer(model, _round_args(training_args, round_dir), rows, template, tokenizer, peft_config)
+        columns = [*key, *(["reference"] if "reference" in rows[0] else [])]
+        trainer = trainer_class(
+            model=model,
+            args=_round_args(training_args, round_dir),
+            train_dataset=to_dataset(Dataset.from_list(rows).select_columns(columns), template),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         with Stopwatch() as tuning:
             trainer.train()
         stats.update(round=round_index, sample_seconds=sampling.seconds, train_seconds=tuning.seconds)

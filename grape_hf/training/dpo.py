@@ -14,28 +14,11 @@ rewriter folder in `output_dir/round-<k>` (with `pairs.jsonl` and `stats.json`),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import partial
 
-from .distill import DistillScriptArguments, check_sampled, run_rounds
+from .configs import PreferenceScriptArguments
+from .distill import check_sampled, run_rounds
 from .rewards import GRAPERewardFunction
-
-
-@dataclass
-class PreferenceScriptArguments(DistillScriptArguments):
-    """[`~grape_hf.training.distill.DistillScriptArguments`] plus what makes a preference pair.
-
-    Example:
-    ```python
-    >>> from grape_hf.training.dpo import PreferenceScriptArguments
-    >>> PreferenceScriptArguments(dataset_name="../shared/data/multi30k").min_margin
-    0.0
-    ```
-    """
-
-    min_margin: float = field(
-        default=0.0,
-        metadata={"help": "Keep a pair only if the chosen rewrite's reward beats the rejected one's by more."},
-    )
 
 
 def select_pairs(
@@ -142,29 +125,9 @@ def to_preference_dataset(pairs, template):
 
 def main(script_args: PreferenceScriptArguments, training_args, model_args):
     """Run the rounds (sample, pair by rank, DPO); the last one is also saved to `output_dir` itself."""
+    from trl import DPOTrainer
 
-    def select(queries, targets, greedy, samples, reward, references):
-        return select_pairs(
-            queries,
-            targets,
-            greedy,
-            samples,
-            reward,
-            script_args.min_margin,
-            references=references,
-            max_rank=script_args.max_rank,
-        )
-
-    def build_trainer(model, args, rows, template, tokenizer, peft_config):
-        from datasets import Dataset
-        from trl import DPOTrainer
-
-        columns = ["query", "chosen", "rejected", *(["reference"] if "reference" in rows[0] else [])]
-        dataset = to_preference_dataset(Dataset.from_list(rows).select_columns(columns), template)
-        return DPOTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
-        )
-
+    select = partial(select_pairs, min_margin=script_args.min_margin, max_rank=script_args.max_rank)
     hint = "every rewrite of every query had the same reward; raise num_samples or sample_temperature"
     if script_args.max_rank:
         hint += f", or raise max_rank ({script_args.max_rank})"
@@ -174,7 +137,8 @@ def main(script_args: PreferenceScriptArguments, training_args, model_args):
         model_args,
         "rank_preference",
         select,
-        build_trainer,
+        DPOTrainer,
+        to_preference_dataset,
         hint,
         "pairs.jsonl",
         key=("query", "chosen", "rejected"),

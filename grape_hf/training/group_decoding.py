@@ -15,7 +15,7 @@ once and let its completions share it:
   own end, under a block mask, so that completions shorter than the batch's longest cost nothing either.
 
 They work on causal LMs of `transformers` that accept `past_key_values` (and, for packing, a 4-D attention mask),
-PEFT-wrapped or not. The inverse-CDF sampler itself lives in [`grape_hf.rewriting.folder`], the self-contained
+PEFT-wrapped or not. The inverse-CDF sampler itself lives in [`grape_hf.rewriting.generation`], the self-contained
 generation path that rewriter folders ship with, and is re-exported here.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..rewriting.folder import (
+from ..rewriting.generation import (
     InverseCDFSampler,
     ScoreRecorder,
     inverse_cdf_sampling,

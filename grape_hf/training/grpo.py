@@ -1,7 +1,7 @@
 """The GRAPE training run: GRPO on a query rewriter, rewarded by a frozen retriever's ranking.
 
 `main(script_args, training_args, model_args)` is what `recipes/grpo_grape.py` calls (`training_args` a
-[`~grape_hf.training.trainer.GRAPEConfig`] or a plain `GRPOConfig`); it can be called from Python with the three
+[`~grape_hf.training.configs.GRAPEConfig`] or a plain `GRPOConfig`); it can be called from Python with the three
 dataclasses too. It starts from the base model (with a fresh LoRA) or from an earlier stage's rewriter
 folder (`--init_rewriter`, e.g. the [`~grape_hf.training.sft`] warm start), resumes from the last checkpoint in
 `output_dir`, logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model
@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 def main(script_args: GRAPEScriptArguments, training_args, model_args):
     """Train a GRAPE rewriter with GRPOTrainer, then evaluate it before/after and save a self-describing folder."""
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
     from trl import get_peft_config
 
+    from ..rewriting.folder import load_tokenizer
     from .callbacks import RetrievalEvalCallback
     from .trainer import GRAPETrainer
 
@@ -63,9 +64,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     # `dtype: auto` (the recipes' default): bf16 where the training device runs it natively, else fp32.
     dtype = dtype_name(model_args.dtype, training_args.device)
     model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(tokenizer_source)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         "dtype": dtype,

@@ -9,61 +9,15 @@ dataset gives them as `query` and `rewrite` columns. The output is a rewriter fo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from trl import ScriptArguments
 
 from ..data import is_multi30k_dir
 from ..rewriting.devices import dtype_name
-from ..rewriting.prompts import PromptTemplate, available_shifts, get_prompt_template
+from ..rewriting.prompts import PromptTemplate, get_prompt_template
+from .configs import SFTScriptArguments
 from .stages import Stopwatch, build_rewriter_config, last_checkpoint, load_policy, save_stage
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTScriptArguments(ScriptArguments):
-    """Arguments of the warm start: the (query, rewrite) pairs and the prompt.
-
-    Example:
-    ```python
-    >>> from grape_hf.training.sft import SFTScriptArguments
-    >>> SFTScriptArguments(dataset_name="../shared/data/multi30k").multi30k_task
-    'task1'
-    ```
-    """
-
-    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
-    prompt_template: str | None = field(
-        default=None,
-        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
-    )
-    query_column: str = field(default="query", metadata={"help": "Column of the query (non-Multi30k datasets)."})
-    rewrite_column: str = field(default="rewrite", metadata={"help": "Column of the target rewrite."})
-    multi30k_task: str = field(default="task1", metadata={"help": "Multi30k task folder of the pairs."})
-    query_lang: str = field(default="de", metadata={"help": "Multi30k language of the queries."})
-    rewrite_lang: str = field(default="en", metadata={"help": "Multi30k language of the rewrites."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep a seeded subset of the pairs."})
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={"help": "Pairs of `dataset_test_split` for the eval loss (with `eval_strategy` steps or epoch)."},
-    )
-    retriever: str | None = field(
-        default=None, metadata={"help": "The retriever the rewriter is meant for (recorded in grape_rewriter.json)."}
-    )
-
-    def __post_init__(self):
-        if hasattr(super(), "__post_init__"):
-            super().__post_init__()
-        if self.shift not in available_shifts():
-            raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
-        if self.dataset_name is None:
-            raise ValueError("dataset_name is required: a Multi30k folder, or a dataset with query/rewrite columns.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of pairs, got {value}.")
 
 
 def load_pairs(script_args: SFTScriptArguments, seed: int = 0, split: str | None = None):
@@ -129,8 +83,10 @@ def eval_losses(log_history: list[dict]) -> list[list[float]]:
 
 def main(script_args: SFTScriptArguments, training_args, model_args):
     """Warm-start a rewriter with SFTTrainer and save it as a rewriter folder."""
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
     from trl import SFTTrainer, get_peft_config
+
+    from ..rewriting.folder import load_tokenizer
 
     set_seed(training_args.seed)
     template = get_prompt_template(script_args.shift, script_args.prompt_template)
@@ -141,9 +97,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     )
     dtype = dtype_name(model_args.dtype, training_args.device)  # `auto`: bf16 where native, else fp32
     model, tokenizer_source = load_policy(model_args, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(tokenizer_source)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         "dtype": dtype,

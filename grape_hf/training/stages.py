@@ -238,3 +238,141 @@ class Stopwatch:
 
     def __exit__(self, *exc) -> None:
         self.seconds = round(time.time() - self.start, 1)
+
+
+# --- running stages, one after another --------------------------------------------------------------------------
+# Stage X: `grape_hf.training.X.main`, its configs in `recipes/<model>/X/`, its script `recipes/X_grape.py`.
+STAGES = ("sft", "distill", "grpo", "dpo")
+
+
+def stage_arguments(stage: str) -> tuple:
+    """The dataclasses `TrlParser` fills for `stage` (script, training and model arguments), and the stage's `main`.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.stages import stage_arguments
+    >>> [cls.__name__ for cls in stage_arguments("grpo")[0]]
+    ['GRAPEScriptArguments', 'GRAPEConfig', 'ModelConfig']
+    ```
+    """
+    import importlib
+
+    from trl import DPOConfig, ModelConfig, SFTConfig
+
+    from . import configs
+
+    classes = {
+        "sft": (configs.SFTScriptArguments, SFTConfig),
+        "distill": (configs.DistillScriptArguments, SFTConfig),
+        "grpo": (configs.GRAPEScriptArguments, configs.GRAPEConfig),
+        "dpo": (configs.PreferenceScriptArguments, DPOConfig),
+    }
+    if stage not in classes:
+        raise ValueError(f"Unknown stage {stage!r}; the stages are {list(STAGES)}.")
+    return (*classes[stage], ModelConfig), importlib.import_module(f"{__package__}.{stage}").main
+
+
+def is_finished(folder: str | Path) -> bool:
+    """Whether `folder` holds a finished stage: its rewriter folder, with `grape_rewriter.json`, is saved last."""
+    return (Path(folder) / "grape_rewriter.json").is_file()
+
+
+def run_stage(stage: str, config: str | Path, output_dir: str | Path, overrides: list[str] | tuple = ()) -> Path:
+    """Run `stage` as its recipe script would (`TrlParser` on the YAML `config`, then `overrides`, which win), with
+    `output_dir` as its output, unless that already holds the finished stage. An unfinished one resumes from its last
+    checkpoint (each stage's `main` does). Returns `output_dir`.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.stages import run_stage
+    >>> warm = run_stage("sft", "recipes/SmolLM2-135M-Instruct/sft/config_multi30k_de.yaml", "out/sft",
+    ...                  ["--max_steps", "4", "--use_cpu", "true"])  # doctest: +SKIP
+    >>> run_stage("grpo", "recipes/SmolLM2-135M-Instruct/grpo/config_multi30k_de.yaml", "out/grpo",
+    ...           ["--init_rewriter", str(warm)])  # doctest: +SKIP
+    ```
+    """
+    from trl import TrlParser
+
+    if is_finished(output_dir):
+        return Path(output_dir)
+    classes, main = stage_arguments(stage)
+    argv = ["--config", str(config), "--output_dir", str(output_dir), *overrides]
+    args = TrlParser(classes).parse_args_and_config(args=argv, fail_with_unknown_args=True)
+    logger.info("%s -> %s", stage, output_dir)
+    main(*args)
+    return Path(output_dir)
+
+
+def method_folder(method: str, output_dir: str | Path, folders: dict[str, str]) -> Path:
+    """The finished stage folder of an evaluated method: `folders` maps a method to its folder under `output_dir`,
+    and a variant `<method>_<name>` lives in `<folder>-<name>` (underscores as dashes)."""
+    for prefix in sorted(folders, key=len, reverse=True):
+        if method == prefix or method.startswith(prefix + "_"):
+            folder = Path(output_dir) / (folders[prefix] + method[len(prefix) :].replace("_", "-"))
+            if not is_finished(folder):
+                raise SystemExit(f"{method}: no finished stage at {folder}; train it first.")
+            return folder
+    raise SystemExit(f"{method}: not a trained method; use one of {sorted(folders)} or <method>_<variant>.")
+
+
+def merge_adapter(model):
+    """The model with any LoRA adapter folded into its weights: generation pays no adapter matmuls."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def load_fast_rewriter(source: str, template: PromptTemplate | None = None, dtype: Any = "auto", **kwargs):
+    """A [`~grape_hf.rewriting.rewriter.QueryRewriter`] for evaluation or sampling: weights in `dtype` (`"auto"`:
+    bf16 where the device runs it natively, else fp32), any LoRA adapter merged. `kwargs` go to
+    [`~grape_hf.rewriting.rewriter.QueryRewriter.from_pretrained`] (`max_new_tokens=`, `device=`)."""
+    from ..rewriting.rewriter import QueryRewriter
+
+    rewriter = QueryRewriter.from_pretrained(source, template=template, dtype=dtype, **kwargs)
+    rewriter.model = merge_adapter(rewriter.model)
+    return rewriter
+
+
+def best_of_n(rewriter, scorer, queries: list, targets: list, n: int = 8, references=None, batch_size: int = 16):
+    """The oracle best of `n` sampled rewrites per query, picked knowing the target: the room a policy could still
+    learn. Samples at temperature 1 with no top-k/top-p cut.
+
+    Returns:
+        `tuple`: `(best rewrite per query, its rank)`, the ranks a `torch.Tensor`.
+    """
+    samples = rewriter.rewrite(
+        queries, references=references, num_rewrites=n, batch_size=batch_size, temperature=1.0, top_k=0, top_p=1.0
+    )
+    ranks = scorer.ranks([s for group in samples for s in group], [t for t in targets for _ in range(n)])
+    best = ranks.view(len(queries), n).min(dim=1)
+    return [samples[i][j] for i, j in enumerate(best.indices.tolist())], best.values
+
+
+def ship_rewriter(folder: str | Path, dest: str | Path, evaluation: dict, training: dict | None = None, **fields):
+    """Ship a stage's rewriter folder as `dest` (e.g. in `grape_hf/assets/rewriters/`): what a Hub push would hold
+    ([`~grape_hf.hub.build_upload_folder`]: no checkpoints, the current remote code), the adapter in fp16 (half the
+    size, the same rewrites), `training` added to its `grape_rewriter.json`'s (less `init_rewriter`, a local path),
+    `evaluation` as its numbers, other `fields` (`dataset=`, `corpus=`) set, and the model card rendered from it.
+
+    Returns:
+        [`~grape_hf.rewriting.folder.RewriterConfig`]: what `dest/grape_rewriter.json` now holds.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ..hub import build_model_card, build_upload_folder
+
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    build_upload_folder(folder, dest)
+    weights = dest / "adapter" / "adapter_model.safetensors"
+    if weights.is_file():
+        save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
+    config = RewriterConfig.load(dest)
+    config.training.pop("init_rewriter", None)
+    config.training.update(training or {})
+    config.evaluation = evaluation
+    for name, value in fields.items():
+        setattr(config, name, value)
+    config.save(dest)
+    build_model_card(config, is_adapter=weights.is_file()).save(dest / "README.md")
+    return config

@@ -21,136 +21,10 @@ a contiguous input ([`contiguous_lm_head_inputs`]).
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-
 import torch
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
-
-@dataclass
-class GRAPEConfig(GRPOConfig):
-    """[`~trl.GRPOConfig`] plus grape_hf's sampling options.
-
-    Example:
-    ```python
-    >>> from grape_hf.training.trainer import GRAPEConfig
-    >>> args = GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True)
-    >>> args.generation_dtype
-    'auto'
-    >>> from grape_hf.rewriting.devices import native_bf16
-    >>> args.bf16 == native_bf16("cpu")  # bf16 autocast, when not set, only where bf16 is native
-    True
-    ```
-    """
-
-    merged_generation: bool = field(
-        default=False,
-        metadata={
-            "help": "Sample completions from a merged copy of the LoRA policy in generation_dtype, refreshed before "
-            "each generation round (transformers generation only; vLLM already serves merged weights)."
-        },
-    )
-    generation_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: CUDA from "
-            "Ampere on, CPUs with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
-        },
-    )
-    lora_autocast_inputs: bool = field(
-        default=False,
-        metadata={
-            "help": "Under bf16 autocast, feed LoRA layers their bf16 inputs as they are instead of letting PEFT "
-            "cast them to the fp32 adapter weights' dtype (autocast casts them back for the matmul): the same "
-            "bf16 matmuls without two activation copies per layer. The adapter weights and their updates stay fp32."
-        },
-    )
-
-    shared_prompt_forward: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute each distinct prompt once per batch in the loss and old-log-probability forwards, and "
-            "let its completions share it through the KV cache "
-            "(grape_hf.training.group_decoding.shared_prompt_logps); the result equals the plain forward's. "
-            "Text-only models without a custom loss path."
-        },
-    )
-
-    pack_completions: bool = field(
-        default=False,
-        metadata={
-            "help": "In the loss and old-log-probability forwards, pack each group's completions after its prompt "
-            "in one sequence with a block mask (grape_hf.training.group_decoding.packed_group_logps): the prompt "
-            "computed once and no work on padding. Needs eager or SDPA attention; text-only models."
-        },
-    )
-    contiguous_lm_head_inputs: bool = field(
-        default=True,
-        metadata={
-            "help": "Give the output layer a contiguous input (see "
-            "grape_hf.training.trainer.contiguous_lm_head_inputs): the same logits, without a copy of the vocabulary "
-            "matrix per row in the loss forward. On by default; off reproduces plain GRPOTrainer."
-        },
-    )
-    old_logps_from_sampler: bool = field(
-        default=False,
-        metadata={
-            "help": "With merged_generation and several optimizer steps per generation round, take GRPO's old "
-            "log-probabilities from the sampler (its log-probability of each drawn token, recorded while sampling) "
-            "instead of a second forward of the policy over every completion: the sampler is the policy that drew "
-            "them, so the importance ratio also covers its low-precision copy's difference from the policy."
-        },
-    )
-    group_batches: bool = field(
-        default=False,
-        metadata={
-            "help": "Split a generation round into training batches of whole groups (all completions of a prompt "
-            "together, groups in random order) instead of TRL's shuffle of single completions, so that "
-            "shared_prompt_forward computes each batch's few prompts once. Text-only, single process."
-        },
-    )
-
-    def __post_init__(self):
-        if self.bf16 is None and not self.fp16:
-            # TRL turns bf16 autocast on whenever it is not set; on a CPU without native bf16 that is the slow path.
-            from ..rewriting.devices import native_bf16
-
-            self.bf16 = native_bf16("cpu" if self.use_cpu else None)
-        super().__post_init__()
-        if self.generation_dtype not in ("auto", "bfloat16", "float32", "float16"):
-            raise ValueError(
-                f"generation_dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {self.generation_dtype!r}."
-            )
-        if self.merged_generation and self.use_vllm:
-            raise ValueError("merged_generation samples with transformers; with use_vllm=True vLLM samples already.")
-
-
-@torch.no_grad()
-def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """The state dict of `model` with every LoRA update folded into its base weight ($W + \\frac{\\alpha}{r} BA$),
-    under the plain model's parameter names; a model without LoRA gives its own state dict."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(model, PeftModel):
-        return dict(model.state_dict())
-    base = model.get_base_model()
-    adapter = model.active_adapter
-    state: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            layer = module.get_base_layer()
-            weight = layer.weight
-            if adapter in module.lora_A and not module.merged:
-                weight = weight.float() + module.get_delta_weight(adapter).float()
-            state[f"{name}.weight"] = weight
-            if getattr(layer, "bias", None) is not None:
-                state[f"{name}.bias"] = layer.bias
-    for key, value in base.state_dict().items():
-        if "lora_" not in key and ".base_layer." not in key:
-            state.setdefault(key, value)
-    return state
+from .merged_sampler import MergedSampler
 
 
 def contiguous_lm_head_inputs(model) -> None:
@@ -204,50 +78,13 @@ def shuffle_groups(batch: dict, group_size: int) -> dict:
     return {key: permute(value) for key, value in batch.items()}
 
 
-class MergedSampler:
-    """A plain causal LM in `dtype` that mirrors a (PEFT) policy's merged weights; `sync` refreshes it.
-
-    Example:
-    ```python
-    >>> sampler = MergedSampler(policy, torch.bfloat16)  # doctest: +SKIP
-    >>> sampler.sync(policy); sampler.model.generate(**inputs)  # doctest: +SKIP
-    ```
-    """
-
-    def __init__(self, policy, dtype: torch.dtype = torch.bfloat16, attn_implementation: str | None = None):
-        from transformers import AutoModelForCausalLM
-        from transformers.initialization import no_init_weights
-
-        from .group_decoding import register_grouped_decode_attention
-
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        # SDPA whatever the policy uses, decoding grouped-query heads over the cache as stored: decoding one token is
-        # where the fused kernel pays, and where eager attention or SDPA's `repeat_kv` copy the whole cache per step.
-        # A copy of the config: `from_config` writes the attention implementation into the config it is given, which
-        # would switch the policy's own attention too.
-        with no_init_weights():  # every weight is overwritten by `sync` below
-            self.model = AutoModelForCausalLM.from_config(
-                copy.deepcopy(base.config),
-                dtype=dtype,
-                attn_implementation=attn_implementation or register_grouped_decode_attention(),
-            )
-        self.model = self.model.to(base.device).eval()
-        self.model.generation_config = base.generation_config
-        self.synced_step: int | None = None
-        self.sync(policy)
-
-    @torch.no_grad()
-    def sync(self, policy, step: int | None = None) -> None:
-        self.model.load_state_dict(merged_state_dict(policy), strict=True)
-        self.synced_step = step
-
-
 class GRAPETrainer(GRPOTrainer):
     """[`~trl.GRPOTrainer`] with `merged_generation` (see the module doc); everything else is TRL's.
 
     Example:
     ```python
-    >>> from grape_hf.training.trainer import GRAPEConfig, GRAPETrainer
+    >>> from grape_hf.training.configs import GRAPEConfig
+    >>> from grape_hf.training.trainer import GRAPETrainer
     >>> args = GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True)  # doctest: +SKIP
     >>> trainer = GRAPETrainer(  # doctest: +SKIP
     ...     model=path, reward_funcs=[reward], args=args, train_dataset=ds, peft_config=lora

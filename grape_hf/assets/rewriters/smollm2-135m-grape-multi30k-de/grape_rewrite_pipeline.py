@@ -1,7 +1,8 @@
 """`pipeline("grape-rewrite")`: rewrite search queries with a trained GRAPE rewriter.
 
-Self-contained like [`~grape_hf.rewriting.folder`], whose folder format, loader, prompt rendering and generation it
-uses: [`~grape_hf.rewriting.folder.add_pipeline_files`] copies both modules into a saved rewriter folder, so that
+Self-contained like [`~grape_hf.rewriting.folder`] (the folder format and loader),
+[`~grape_hf.rewriting.prompting`] and [`~grape_hf.rewriting.generation`], which it uses:
+[`~grape_hf.rewriting.folder.add_pipeline_files`] copies them all into a saved rewriter folder, so that
 `pipeline(model=folder, trust_remote_code=True)` works where grape_hf is not installed. grape_hf itself never sets
 `trust_remote_code`: importing it registers the task `"grape-rewrite"` and plugs in its offline model resolution and
 built-in prompts through [`register_pipeline`].
@@ -21,13 +22,13 @@ from .folder import (
     REWRITER_CONFIG_NAME,
     GRAPERewriterConfig,
     GRAPERewriterLoader,
-    decode_rewrites,
-    generate_rewrite_tokens,
     load_rewriter,
     read_json,
-    render_prompt,
     save_rewriter_folder,
+    with_pad_token,
 )
+from .generation import decode_rewrites, generate_rewrite_tokens
+from .prompting import render_prompt
 
 TASK = "grape-rewrite"
 DEFAULT_SHIFT = "multilingual"
@@ -79,8 +80,7 @@ class GRAPERewritePipeline(Pipeline):
         )
         self.builtin_prompts = read_json(source, PROMPTS_NAME) or self._packaged_prompts()
         super().__init__(*args, **kwargs)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        with_pad_token(self.tokenizer)
         self.tokenizer.padding_side = "left"
         if self._batch_size is None:
             self._batch_size = DEFAULT_BATCH_SIZE
