@@ -1,7 +1,9 @@
 # `make demo`: set up .venv and run the offline default GRAPE job (train, then evaluate before/after).
-# `make test`: set up .venv (and chromium, for the Space's browser test) and run the test-suite. `make quality`: ruff.
+# `make test`: set up .venv and run the quick tests (`-m "not slow"`); `make test-all`: set up .venv and chromium (for
+# the Space's browser test), then every test, the slow ones too (training stages, two processes, the browser): what CI
+# (.ci/run) runs. `make quality`: ruff.
 # `make space`: set up .venv and start the Gradio Space (spaces/app.py) on http://127.0.0.1:$(PORT).
-.PHONY: setup demo test quality style space
+.PHONY: setup demo test test-all quality style space
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,12 +17,15 @@ setup:
 
 demo: setup
 	$(BIN)/accelerate launch --config_file recipes/accelerate_configs/cpu.yaml \
-		recipes/grpo_grape.py --config recipes/SmolLM2-135M-Instruct/grape/config_multi30k_de_demo.yaml
+		recipes/grpo_grape.py --config recipes/SmolLM2-135M-Instruct/grpo/config_multi30k_de_demo.yaml
 
 space: setup
 	GRADIO_SERVER_PORT=$(PORT) $(BIN)/python spaces/app.py
 
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
 	@bash scripts/setup_browser.sh
 	$(BIN)/python -m pytest -q
 

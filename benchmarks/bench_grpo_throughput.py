@@ -1,14 +1,14 @@
 """GRPO throughput on this CPU: the Multi30k recipe in fp32, bf16 and `auto`, and before the fast path, in one run.
 
-"auto" is `recipes/SmolLM2-135M-Instruct/grape/config_multi30k_de.yaml` as it is (`dtype: auto`, bf16 left unset,
-`generation_dtype: auto`: bf16 where the CPU has AMX or AVX-512-BF16, else fp32; grape_hf.devices); "fp32" and
-"bf16" are the same recipe with the base weights, autocast and the merged sampling copy forced to one precision;
-"before" is the recipe as it was at commit d267acd (`benchmarks/configs/grpo_throughput_before.yaml`, bf16, no fast
-path). All run through the recipe's own `grape_hf.grpo.main` with `--use_cpu true`, the same model, LoRA, data, seed
-and completion length, for the same number of steps, one after the other (never two heavy jobs at once on 2 cores),
-with torch using every core this process may run on. Completions per second is the completions the optimizer
-consumed (batch x steps) over the training wall time; the per-step reward curves show whether a variant changes
-what is learned.
+"auto" is `recipes/SmolLM2-135M-Instruct/grpo/config_multi30k_de.yaml` as it is (`dtype: auto`, bf16 left unset,
+`generation_dtype: auto`: bf16 where the CPU has AMX or AVX-512-BF16, else fp32; grape_hf.rewriting.devices); "fp32"
+and "bf16" are the same recipe with the base weights, autocast and the merged sampling copy forced to one precision;
+"before" is the recipe as it was at commit d267acd (then in `.../grape/`;
+`benchmarks/configs/grpo_throughput_before.yaml`, bf16, no fast path). All run through the recipe's own
+`grape_hf.training.grpo.main` with `--use_cpu true`, the same model, LoRA, data, seed and completion length, for the
+same number of steps, one after the other (never two heavy jobs at once on 2 cores), with torch using every core this
+process may run on. Completions per second is the completions the optimizer consumed (batch x steps) over the training
+wall time; the per-step reward curves show whether a variant changes what is learned.
 
     python benchmarks/bench_grpo_throughput.py                          # fp32, bf16, auto: 8 steps each
     python benchmarks/bench_grpo_throughput.py --variants fp32 auto before --steps 32
@@ -30,24 +30,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
-RECIPE = REPO / "recipes" / "SmolLM2-135M-Instruct" / "grape" / "config_multi30k_de.yaml"
+RECIPE = REPO / "recipes" / "SmolLM2-135M-Instruct" / "grpo" / "config_multi30k_de.yaml"
 VARIANTS = {  # name -> (config, overrides)
     "auto": (RECIPE, []),
     "fp32": (RECIPE, ["--dtype", "float32", "--bf16", "false", "--generation_dtype", "float32"]),
     "bf16": (RECIPE, ["--dtype", "bfloat16", "--bf16", "true", "--generation_dtype", "bfloat16"]),
     "before": (REPO / "benchmarks" / "configs" / "grpo_throughput_before.yaml", []),
 }
-SETTINGS = ("per_device_train_batch_size", "num_generations", "steps_per_generation", "generation_batch_size",
-            "max_completion_length", "bf16", "gradient_checkpointing", "merged_generation", "generation_dtype",
-            "learning_rate", "seed", "shared_prompt_forward", "old_logps_from_sampler", "group_batches",
-            "contiguous_lm_head_inputs", "pack_completions")  # fmt: skip
+SETTINGS = (
+    "per_device_train_batch_size",
+    "num_generations",
+    "steps_per_generation",
+    "generation_batch_size",
+    "max_completion_length",
+    "bf16",
+    "gradient_checkpointing",
+    "merged_generation",
+    "generation_dtype",
+    "learning_rate",
+    "seed",
+    "shared_prompt_forward",
+    "old_logps_from_sampler",
+    "group_batches",
+    "contiguous_lm_head_inputs",
+    "pack_completions",
+)
 
 
 def machine() -> dict:
     """The CPU this run measured: model name, torch's kernel level, native bf16, and the threads torch uses."""
     import torch
 
-    from grape_hf.devices import cpu_description, native_bf16
+    from grape_hf.rewriting.devices import cpu_description, native_bf16
 
     return {
         "cpu": cpu_description(),
@@ -64,15 +78,36 @@ def run(name: str, steps: int, output_dir: Path) -> dict:
     from trl import ModelConfig, TrlParser
 
     from grape_hf import GRAPEScriptArguments
-    from grape_hf.devices import dtype_name
-    from grape_hf.grpo import main
-    from grape_hf.trainer import GRAPEConfig
+    from grape_hf.rewriting.devices import dtype_name
+    from grape_hf.training.configs import GRAPEConfig
+    from grape_hf.training.grpo import main
 
     config, overrides = VARIANTS[name]
-    argv = ["--config", str(config), *overrides, "--use_cpu", "true", "--dataset_name", str(MULTI30K),
-            "--max_steps", str(steps), "--evaluate_before_after", "false", "--output_dir", str(output_dir / name),
-            "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
-            "--lr_scheduler_type", "constant", "--warmup_steps", "0"]  # fmt: skip
+    argv = [
+        "--config",
+        str(config),
+        *overrides,
+        "--use_cpu",
+        "true",
+        "--dataset_name",
+        str(MULTI30K),
+        "--max_steps",
+        str(steps),
+        "--evaluate_before_after",
+        "false",
+        "--output_dir",
+        str(output_dir / name),
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--lr_scheduler_type",
+        "constant",
+        "--warmup_steps",
+        "0",
+    ]
     script_args, training_args, model_args = TrlParser(
         (GRAPEScriptArguments, GRAPEConfig, ModelConfig)
     ).parse_args_and_config(args=argv, fail_with_unknown_args=True)

@@ -10,9 +10,10 @@ forward pass alone (all prompts in one padded batch, and one by one), the part o
 when a single thread is compute-bound. Writes `benchmarks/results/pipeline_throughput.json`;
 `identical_to_one_at_a_time` counts the queries whose batched greedy rewrite equals the unbatched one (padding may
 shift float rounding, and with it a near-tie argmax). Defaults: `--dtype auto` (bf16 where the CPU has AMX or
-AVX-512-BF16, else fp32; grape_hf.devices) and as many torch threads as cores this process may use, for an idle
-machine; under contention use `--threads 1` (OpenMP threads that wait on each other were ten times slower).
-`load_seconds` is the pipeline's load (the de-quantized copy already cached; a first run ever adds its de-quantization).
+AVX-512-BF16, else fp32; grape_hf.rewriting.devices) and as many torch threads as cores this process may use, for an
+idle machine; under contention use `--threads 1` (OpenMP threads that wait on each other were ten times slower).
+`load_seconds` is the pipeline's load (the de-quantized copy already cached; a first run ever adds its
+de-quantization).
 
 Results go to `benchmarks/results/pipeline_throughput_cpus.json` under this CPU's name, one entry per CPU kind
 measured (`pipeline_throughput.json` is the 2026-11-29 run, bf16 on that session's CPU).
@@ -33,8 +34,8 @@ import torch
 from transformers import pipeline
 
 import grape_hf  # noqa: F401 - registers "grape-rewrite"
-from grape_hf.devices import cpu_description, dtype_name, native_bf16, resolve_dtype
 from grape_hf.models import SMOLLM2_ID, resolve_model_path
+from grape_hf.rewriting.devices import cpu_description, dtype_name, native_bf16, resolve_dtype
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_throughput_cpus.json"
 QUERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k" / "task1" / "val.de.gz"

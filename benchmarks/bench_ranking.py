@@ -1,4 +1,4 @@
-"""Exact ranking at scale: `CLIPRankScorer.rank_stats` against a bare chunked matmul, sentence-transformers'
+"""Exact ranking at scale: `RankScorer.rank_stats` against a bare chunked matmul, sentence-transformers'
 `semantic_search` and FAISS `IndexFlatIP`, on random unit embeddings (the cost does not depend on their content);
 plus sampled negatives against exact ranking, and the reward call's time at 100k items.
 
@@ -75,7 +75,7 @@ def bare_matmul(q, emb, chunk):
 
 
 def measure(n: int, args, retriever, generator) -> dict:
-    from grape_hf import CLIPRankScorer
+    from grape_hf import RankScorer
 
     emb = torch.nn.functional.normalize(torch.randn(n, args.dim, generator=generator), dim=-1)
     targets = torch.randint(0, n, (args.queries // args.generations,), generator=generator)
@@ -83,7 +83,7 @@ def measure(n: int, args, retriever, generator) -> dict:
     q = torch.nn.functional.normalize(
         emb[targets] + 0.08 * torch.randn(args.queries, args.dim, generator=generator), dim=-1
     )
-    scorer = CLIPRankScorer.from_embeddings(retriever, emb)
+    scorer = RankScorer.from_embeddings(retriever, emb)
     row = {"corpus": n}
     scorer.rank_stats(q, targets)  # warm-up: one-time library initialisation is not the ranking's memory
     bare_matmul(q, emb, scorer.chunk_size)
@@ -121,7 +121,7 @@ def measure(n: int, args, retriever, generator) -> dict:
         row["faiss_flat_search_s"] = timed(lambda: index.search(qn, 10), args.repeats)
         del index
     if "sampled" not in args.skip:
-        fresh = CLIPRankScorer.from_embeddings(retriever, emb, sampled_negatives=args.sampled_negatives)
+        fresh = RankScorer.from_embeddings(retriever, emb, sampled_negatives=args.sampled_negatives)
         start = time.perf_counter()
         fresh.rank_stats(q, targets)  # first pass: finds the hard negatives of the new targets
         row["sampled_first_pass_s"] = time.perf_counter() - start

@@ -19,11 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from grape_hf import CLIPRankScorer, GRAPERetriever, load_retriever  # noqa: E402
+from grape_hf import GRAPERetriever, RankScorer, load_retriever  # noqa: E402
 from grape_hf.data import load_multi30k  # noqa: E402
 from grape_hf.evaluation import markdown_table, retrieval_metrics  # noqa: E402
 from grape_hf.models import cache_home  # noqa: E402
-from grape_hf.rewriter import QueryRewriter, shipped_rewriter_path  # noqa: E402
+from grape_hf.rewriting.rewriter import QueryRewriter, shipped_rewriter_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
@@ -43,7 +43,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     start = time.time()
     val = load_multi30k(MULTI30K, split="validation", task="task2", max_queries=args.num_queries, seed=0)
-    scorer = CLIPRankScorer(
+    scorer = RankScorer(
         load_retriever("sentence-transformers:all-MiniLM-L6-v2"),
         val.corpus,
         cache_dir=cache_home() / "corpus_embeddings",

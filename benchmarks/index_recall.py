@@ -17,15 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main():
-    from grape_hf import CLIPRankScorer, load_retriever
+    from grape_hf import RankScorer, load_retriever
     from grape_hf.data import load_multi30k
-    from grape_hf.index import CorpusIndex
     from grape_hf.models import cache_home
+    from grape_hf.retrieval.index import CorpusIndex
 
     data = load_multi30k("../shared/data/multi30k", split="train", task="task2")
     retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     cache = os.environ.get("GRAPE_INDEX_CACHE", str(cache_home() / "corpus_embeddings"))
-    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=cache)
+    scorer = RankScorer(retriever, data.corpus, cache_dir=cache)
     queries = scorer.embed_queries(list(data.queries["query"])[:1000])
     start = time.perf_counter()
     _, exact = scorer.search(queries, k=10)

@@ -17,7 +17,7 @@ from multi30k_rank_supervision import MULTI30K, RETRIEVER, fast_rewriter  # same
 
 
 def main() -> None:
-    from grape_hf import CLIPRankScorer, load_retriever
+    from grape_hf import RankScorer, load_retriever
     from grape_hf.data import load_multi30k
     from grape_hf.models import cache_home
 
@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     val = load_multi30k(MULTI30K, split="validation", task="task2", seed=0)
     retriever = load_retriever(RETRIEVER)
-    scorer = CLIPRankScorer(retriever, val.corpus, cache_dir=cache_home() / "corpus_embeddings")
+    scorer = RankScorer(retriever, val.corpus, cache_dir=cache_home() / "corpus_embeddings")
     queries, targets = list(val.queries["query"]), list(val.queries["target_id"])
     hits = {}
     for folder in args.rewriters:
@@ -37,8 +37,10 @@ def main() -> None:
     for other in args.rewriters[1:]:
         diffs = [int(a) - int(b) for a, b in zip(hits[first], hits[other])]
         boots = sorted(sum(diffs[rng.randrange(len(diffs))] for _ in diffs) / len(diffs) for _ in range(2000))
-        print(f"{first} vs {other}: R@10 {sum(diffs) / len(diffs):+.4f}, only the first {diffs.count(1)}, only the "
-              f"other {diffs.count(-1)}, 95% interval [{boots[50]:+.4f}, {boots[1949]:+.4f}]")  # fmt: skip
+        print(
+            f"{first} vs {other}: R@10 {sum(diffs) / len(diffs):+.4f}, only the first {diffs.count(1)}, only the "
+            f"other {diffs.count(-1)}, 95% interval [{boots[50]:+.4f}, {boots[1949]:+.4f}]"
+        )
 
 
 if __name__ == "__main__":

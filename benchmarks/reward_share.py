@@ -30,13 +30,13 @@ def main():
 
     import torch
 
-    from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
+    from grape_hf import GRAPERewardFunction, RankScorer, load_retriever
     from grape_hf.data import load_multi30k
 
     retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     generator = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(args.corpus, retriever.embedding_dim, generator=generator), dim=-1)
-    scorer = CLIPRankScorer.from_embeddings(retriever, emb)
+    scorer = RankScorer.from_embeddings(retriever, emb)
     reward = GRAPERewardFunction(scorer, reward="rank")
     texts = list(load_multi30k("../shared/data/multi30k", split="validation", max_images=200).corpus)
     result = {

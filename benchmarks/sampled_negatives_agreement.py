@@ -19,13 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main():
     from scipy.stats import spearmanr
 
-    from grape_hf import CLIPRankScorer, load_retriever
+    from grape_hf import RankScorer, load_retriever
     from grape_hf.data import load_multi30k
-    from grape_hf.rewards import rank_reward
+    from grape_hf.training.rewards import rank_reward
 
     data = load_multi30k("../shared/data/multi30k", split="validation", task="task2")
     retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
-    exact = CLIPRankScorer(retriever, data.corpus, show_progress_bar=False)
+    exact = RankScorer(retriever, data.corpus, show_progress_bar=False)
     queries = retriever.encode_text(list(data.queries["query"]))
     targets = list(data.queries["target_id"])
     exact_stats = exact.rank_stats(queries, targets)
@@ -40,9 +40,7 @@ def main():
     }
     for num in (32, 64, 128, 256, 512):
         for seed in (0, 1):
-            sampled = CLIPRankScorer.from_embeddings(
-                retriever, exact.corpus_embeddings, sampled_negatives=num, seed=seed
-            )
+            sampled = RankScorer.from_embeddings(retriever, exact.corpus_embeddings, sampled_negatives=num, seed=seed)
             stats = sampled.rank_stats(queries, targets)
             # Again, in reverse order and in two halves: the rewards must not move.
             half = len(targets) // 2

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from grape_hf import CLIPRankScorer, load_retriever
+from grape_hf import RankScorer, load_retriever
 from grape_hf.evaluation import retrieval_metrics
 from grape_hf.shapes import SHIFT_LANGUAGES, build_shift_dataset
 
@@ -45,7 +45,7 @@ def main() -> None:
     for shift in ("in_distribution", "multilingual", "long_form", "composed"):
         data = build_shift_dataset(shift, num_images=args.num_images, seed=args.seed)
         queries, corpus = data["queries"], data["corpus"]
-        scorer = CLIPRankScorer(retriever, corpus["image"], show_progress_bar=False)
+        scorer = RankScorer(retriever, corpus["image"], show_progress_bar=False)
         target_ids = queries["target_id"]
         runs = {"no_rewrite": queries["query"]}
         if shift != "in_distribution":

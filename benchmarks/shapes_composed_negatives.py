@@ -15,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from grape_hf import CLIPRankScorer, load_retriever  # noqa: E402
+from grape_hf import RankScorer, load_retriever  # noqa: E402
 from grape_hf.metrics import METRICS, retrieval_metrics  # noqa: E402
 from grape_hf.shapes import build_shift  # noqa: E402
 
@@ -28,7 +28,7 @@ def main() -> None:
     results = {}
     for k in (1, 3, 5, 7):
         rows, scenes = build_shift("composed", num_images=1000, seed=1, composed_negatives=k)
-        scorer = CLIPRankScorer(retriever, [scene.render() for scene in scenes], show_progress_bar=False)
+        scorer = RankScorer(retriever, [scene.render() for scene in scenes], show_progress_bar=False)
         targets = [row["target_id"] for row in rows]
         results[str(k)] = {"queries": len(rows)}
         for name, texts in (

@@ -3,15 +3,16 @@
 The retriever is the shipped `open_clip:grape-shapes-clip@grape-shapes` ranking rendered images (text → image). For
 each shift of `grape_hf.shapes` (multilingual de/fr/es/zh, long-form, composed) the task is `build_grape_task`'s
 (train: seed 2's world minus the held-out scenes; validation: 200 queries over seed 1's 1,000 images) and every
-stage is grape_hf's own, run through its recipe config (`recipes/SmolLM2-135M-Instruct/{distill,grape}/
+stage is grape_hf's own, run through its recipe config (`recipes/SmolLM2-135M-Instruct/{distill,grpo}/
 config_shapes.yaml`) with the shift's few-shot prompt:
 
 - `no_rewrite`: the shifted query as it is; `oracle`: the target's canonical caption (the ceiling);
   `reference_caption` (composed): copying the reference and ignoring the edit;
 - `zero_shot`: SmolLM2 with the prompt, no training;
-- `self_distillation`: rank-filtered self-distillation from the zero-shot policy (`grape_hf.distill`: no captions
+- `self_distillation`: rank-filtered self-distillation from the zero-shot policy (`grape_hf.training.distill`: no
+captions
   or translations as labels, only what the retriever's ranking picks);
-- `grape_rank`: GRPO `rank` from the self-distillation policy (`grape_hf.grpo --init_rewriter`);
+- `grape_rank`: GRPO `rank` from the self-distillation policy (`grape_hf.training.grpo --init_rewriter`);
 - `grpo_similarity`: GRPO `similarity` from the same start with the same budget (the inflation comparison);
 - `oracle_best_of_8`: the best of 8 samples of the final policy, picked knowing the target.
 
@@ -46,8 +47,16 @@ RECIPES = REPO / "recipes" / "SmolLM2-135M-Instruct"
 ASSETS = REPO / "grape_hf" / "assets" / "rewriters"
 RETRIEVER = "open_clip:grape-shapes-clip@grape-shapes"
 SHIFTS = ("multilingual", "long_form", "composed")
-METHODS = ("no_rewrite", "zero_shot", "self_distillation", "grape_rank", "grpo_similarity", "oracle_best_of_8",
-           "oracle", "reference_caption")  # fmt: skip
+METHODS = (
+    "no_rewrite",
+    "zero_shot",
+    "self_distillation",
+    "grape_rank",
+    "grpo_similarity",
+    "oracle_best_of_8",
+    "oracle",
+    "reference_caption",
+)
 # The built-in multilingual prompt names German; the shapes queries come in four languages.
 MULTILINGUAL_PROMPT = {
     "system": "You rewrite search queries for an English image-caption search engine.",
@@ -77,9 +86,21 @@ FULL = {
 QUICK = {
     "task": {"train_images": 200, "eval_images": 200, "eval_queries": 16},
     "distill": ["--rounds", "1", "--max_train_samples", "8", "--num_samples", "4", "--max_steps", "2"],
-    "grpo": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
-             "--steps_per_generation", "1", "--curve_eval_steps", "1", "--curve_queries", "4"],
-}  # fmt: skip
+    "grpo": [
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--steps_per_generation",
+        "1",
+        "--curve_eval_steps",
+        "1",
+        "--curve_queries",
+        "4",
+    ],
+}
 
 
 def log(msg: str) -> None:
@@ -90,7 +111,7 @@ def build_task(shift: str, folder: Path, sizes: dict):
     """The shift's GRAPE task saved where `--dataset_name` reads it, and its few-shot prompt (`prompt.json`)."""
     from datasets import load_from_disk
 
-    from grape_hf.prompts import get_prompt_template
+    from grape_hf.rewriting.prompts import get_prompt_template
     from grape_hf.shapes import build_grape_task
 
     data = folder / "data"
@@ -107,8 +128,13 @@ def build_task(shift: str, folder: Path, sizes: dict):
     for row in rows:
         if len(examples) < count and not (key and row[key] in seen):
             seen.add(row.get(key))
-            examples.append({"query": row["query"], "rewrite": row["target_caption"],
-                             **({"reference": row["reference"]} if shift == "composed" else {})})  # fmt: skip
+            examples.append(
+                {
+                    "query": row["query"],
+                    "rewrite": row["target_caption"],
+                    **({"reference": row["reference"]} if shift == "composed" else {}),
+                }
+            )
     base = MULTILINGUAL_PROMPT if shift == "multilingual" else get_prompt_template(shift).to_dict()
     template = get_prompt_template(shift, {**base, "examples": examples})
     (folder / "prompt.json").write_text(json.dumps(template.to_dict(), indent=1, ensure_ascii=False) + "\n")
@@ -116,27 +142,14 @@ def build_task(shift: str, folder: Path, sizes: dict):
 
 
 def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str]) -> Path:
-    """Run `grape_hf.distill` or `grape_hf.grpo` through TrlParser with its shapes config, unless it is done."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done."""
+    from grape_hf.training import stages
 
-    from grape_hf import GRAPEScriptArguments, distill, grpo
-    from grape_hf.trainer import GRAPEConfig
-
-    if (out / "grape_rewriter.json").is_file():
-        return out
-    kinds = {
-        "distill": ((distill.DistillScriptArguments, SFTConfig, ModelConfig), "distill", distill),
-        "grpo": ((GRAPEScriptArguments, GRAPEConfig, ModelConfig), "grape", grpo),
-    }
-    classes, recipe, module = kinds[stage]
-    argv = ["--config", str(RECIPES / recipe / "config_shapes.yaml"), "--dataset_name", str(folder / "data"),
-            "--shift", shift, "--output_dir", str(out), "--use_cpu", "true", "--report_to", "none", *extra]  # fmt: skip
-    if "--init_rewriter" not in extra:
-        argv += ["--prompt_template", str(folder / "prompt.json")]
-    args = TrlParser(classes).parse_args_and_config(args=argv, fail_with_unknown_args=True)
-    log(f"{shift}: {stage} -> {out}")
-    module.main(*args)
-    return out
+    data = ["--dataset_name", str(folder / "data"), "--shift", shift, "--use_cpu", "true", "--report_to", "none"]
+    prompt = [] if "--init_rewriter" in extra else ["--prompt_template", str(folder / "prompt.json")]
+    if not stages.is_finished(out):
+        log(f"{shift}: {stage} -> {out}")
+    return stages.run_stage(stage, RECIPES / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
 
 
 def visible_facts(texts: list[str], captions: list[str], context: int = 32) -> dict:
@@ -153,8 +166,10 @@ def visible_facts(texts: list[str], captions: list[str], context: int = 32) -> d
         seen = set(tokenizer.decode(ids[: context - 2]).split())
         facts = [word for word in caption.split() if word in vocabulary]
         shares.append(sum(word in seen for word in facts) / max(len(facts), 1))
-    return {"visible_facts": round(sum(shares) / max(len(shares), 1), 4),
-            "clip_tokens": round(sum(lengths) / max(len(lengths), 1), 1)}  # fmt: skip
+    return {
+        "visible_facts": round(sum(shares) / max(len(shares), 1), 4),
+        "clip_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
+    }
 
 
 def load_retriever_tokenizer():
@@ -181,16 +196,21 @@ def run_shift(
     `previously_shipped`."""
     import torch
 
-    from grape_hf import CLIPRankScorer, QueryRewriter
+    from grape_hf import RankScorer
     from grape_hf.metrics import METRICS, retrieval_metrics
     from grape_hf.models import SMOLLM2_ID, cache_home
-    from grape_hf.runs import stage_minutes as minutes
+    from grape_hf.training.stages import best_of_n, load_fast_rewriter
+    from grape_hf.training.stages import stage_minutes as minutes
 
     folder.mkdir(parents=True, exist_ok=True)
     task, template = build_task(shift, folder, sizes["task"])
     val = task["validation"]
-    scorer = CLIPRankScorer(retriever, list(task["validation_corpus"]["image"]),
-                            cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)  # fmt: skip
+    scorer = RankScorer(
+        retriever,
+        list(task["validation_corpus"]["image"]),
+        cache_dir=cache_home() / "corpus_embeddings",
+        show_progress_bar=False,
+    )
     queries, targets, captions = list(val["query"]), list(val["target_id"]), list(val["target_caption"])
     references = list(val["reference"]) if shift == "composed" else None
     done = results.setdefault(shift, {})
@@ -211,12 +231,10 @@ def run_shift(
         save()
         log(f"{shift} / {name}: " + ", ".join(f"{m} {done[name][m]:.3f}" for m in METRICS))
 
-    def rewriter(source: str) -> QueryRewriter:
-        model = QueryRewriter.from_pretrained(source, template=template if source == SMOLLM2_ID else None,
-                                              dtype=torch.bfloat16, max_new_tokens=32)  # fmt: skip
-        if hasattr(model.model, "merge_and_unload"):
-            model.model = model.model.merge_and_unload()  # merged bf16 weights: the fast path
-        return model
+    def rewriter(source: str):
+        # bf16 (as every number here was measured), LoRA merged: the fast path
+        own = template if source == SMOLLM2_ID else None
+        return load_fast_rewriter(source, template=own, dtype="bfloat16", max_new_tokens=32)
 
     def evaluate(name: str, source: str, **info) -> None:
         if name not in done:
@@ -234,36 +252,55 @@ def run_shift(
     curves = {}
     # A variant from zero-shot needs none of the base stages: where their numbers are recorded and their folders are
     # gone (a fresh machine has no stage cache), they are not trained again.
-    skip_base = (variant is not None and variant["start_from"] == "zero_shot"
-                 and all(m in done and not (folder / f).is_dir() for m, f in BASE_STAGES.items()))  # fmt: skip
+    skip_base = (
+        variant is not None
+        and variant["start_from"] == "zero_shot"
+        and all(m in done and not (folder / f).is_dir() for m, f in BASE_STAGES.items())
+    )
     if skip_base:
         log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
     else:
         curves = run_base_stages(shift, folder, sizes, own, evaluate)
     if variant:
-        extra = ([*sizes["distill"], *own.get("distill", [])] if variant["stage"] == "distill" else
-                 ["--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
-        start = ([] if variant["start_from"] == "zero_shot" else
-                 ["--init_rewriter", str(stage_folder(variant["start_from"], folder))])  # fmt: skip
-        run = run_stage(variant["stage"], shift, folder, folder / f"{variant['stage']}-{variant['name']}",
-                        [*start, *extra, *variant["args"]])  # fmt: skip
-        evaluate(variant["method"], str(run), train_cpu_minutes=minutes(run), started_from=variant["start_from"],
-                 **{f"{variant['stage']}_args": variant["args"]})  # fmt: skip
+        extra = (
+            [*sizes["distill"], *own.get("distill", [])]
+            if variant["stage"] == "distill"
+            else ["--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])]
+        )
+        start = (
+            []
+            if variant["start_from"] == "zero_shot"
+            else ["--init_rewriter", str(stage_folder(variant["start_from"], folder))]
+        )
+        run = run_stage(
+            variant["stage"],
+            shift,
+            folder,
+            folder / f"{variant['stage']}-{variant['name']}",
+            [*start, *extra, *variant["args"]],
+        )
+        evaluate(
+            variant["method"],
+            str(run),
+            train_cpu_minutes=minutes(run),
+            started_from=variant["start_from"],
+            **{f"{variant['stage']}_args": variant["args"]},
+        )
         if variant["stage"] == "grpo":
             curves[variant["name"]] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
-        samples = rewriter(str(folder / "grpo-rank")).rewrite(
-            queries, references=references, num_rewrites=8, batch_size=8, temperature=1.0, top_k=0, top_p=1.0
-        )
-        ranks = scorer.ranks([s for group in samples for s in group], [t for t in targets for _ in range(8)])
-        best = ranks.view(len(queries), 8).argmin(dim=1).tolist()
-        record("oracle_best_of_8", [samples[i][j] for i, j in enumerate(best)], policy="grape_rank")
+        best, _ = best_of_n(rewriter(str(folder / "grpo-rank")), scorer, queries, targets, 8, references, batch_size=8)
+        record("oracle_best_of_8", best, policy="grape_rank")
     if shipped is not None:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
         done.pop("previously_shipped", None)
         if (shipped / "grape_rewriter.json").is_file():
             evaluate("previously_shipped", str(shipped))
-    results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer),
-                               "shots": SHOTS[shift][0]}  # fmt: skip
+    results["_meta"][shift] = {
+        "eval_queries": len(val),
+        "train_queries": len(task["train"]),
+        "corpus": len(scorer),
+        "shots": SHOTS[shift][0],
+    }
     return curves
 
 
@@ -274,15 +311,28 @@ BASE_STAGES = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_
 def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) -> dict:
     """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from it, each evaluated; returns the GRPO
     runs' curves."""
-    from grape_hf.runs import stage_minutes as minutes
+    from grape_hf.training.stages import stage_minutes as minutes
 
     distilled = run_stage("distill", shift, folder, folder / "distill", [*sizes["distill"], *own.get("distill", [])])
     evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
     curves = {}
     for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
-        run = run_stage("grpo", shift, folder, folder / f"grpo-{reward}",
-                        ["--init_rewriter", str(distilled), "--reward_funcs", reward,
-                         "--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])])  # fmt: skip
+        run = run_stage(
+            "grpo",
+            shift,
+            folder,
+            folder / f"grpo-{reward}",
+            [
+                "--init_rewriter",
+                str(distilled),
+                "--reward_funcs",
+                reward,
+                "--evaluate_before_after",
+                "false",
+                *sizes["grpo"],
+                *own.get("grpo", []),
+            ],
+        )
         evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
         curves[reward] = json.loads((run / "curves.json").read_text())
     return curves
@@ -291,16 +341,11 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) 
 def stage_folder(method: str, folder: Path) -> Path:
     """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
     folder/grpo-<v>, self_distillation_<v> -> folder/distill-<v>."""
-    stem = BASE_STAGES.get(method)
-    for prefix, variant_stem in (("grape_rank_", "grpo-"), ("self_distillation_", "distill-")):
-        if stem is None and method.startswith(prefix):
-            stem = variant_stem + method.removeprefix(prefix)
-    if stem is None:
-        raise SystemExit(f"--start_from {method}: not a method this script trains; use one of {sorted(BASE_STAGES)}, "
-                         "grape_rank_<variant> or self_distillation_<variant>.")  # fmt: skip
-    if not (folder / stem / "grape_rewriter.json").is_file():
-        raise SystemExit(f"--start_from {method}: no finished stage at {folder / stem}; train it first.")
-    return folder / stem
+    from grape_hf.training.stages import method_folder
+
+    if method in BASE_STAGES:
+        return method_folder(method, folder, BASE_STAGES)
+    return method_folder(method, folder, {"grape_rank": "grpo", "self_distillation": "distill"})
 
 
 def main() -> None:
@@ -312,14 +357,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, to check the pipeline.")
     parser.add_argument("--output_dir", type=Path, default=None, help="Stage cache (default outputs/shapes_grape).")
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
-    parser.add_argument("--ship", action="store_true",
-                        help="Ship each shift's grape_rank rewriter (or the --variant's) into the package if it beats "
-                             "the one shipped now (measured again on the same queries).")  # fmt: skip
-    parser.add_argument("--variant", default=None,
-                        help="After the stages, train one more stage named VARIANT from --start_from: GRPO with "
-                             "--grpo_args (folder grpo-VARIANT, method grape_rank_VARIANT) or self-distillation with "
-                             "--distill_args (folder distill-VARIANT, method self_distillation_VARIANT), on top of the "
-                             "sizes.")  # fmt: skip
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="Ship each shift's grape_rank rewriter (or the --variant's) into the package if it beats "
+        "the one shipped now (measured again on the same queries).",
+    )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="After the stages, train one more stage named VARIANT from --start_from: GRPO with "
+        "--grpo_args (folder grpo-VARIANT, method grape_rank_VARIANT) or self-distillation with "
+        "--distill_args (folder distill-VARIANT, method self_distillation_VARIANT), on top of the "
+        "sizes.",
+    )
     parser.add_argument(
         "--start_from",
         default="self_distillation",
@@ -327,12 +378,19 @@ def main() -> None:
         help="The stage the variant starts from: zero_shot (SmolLM2 with the shift's prompt), self_distillation, "
         "grape_rank, grape_rank_<variant>, self_distillation_<variant>.",
     )
-    parser.add_argument("--grpo_args", nargs=argparse.REMAINDER, default=[],
-                        help="Recipe overrides for the variant, e.g. --grpo_args --reward_funcs reciprocal_rank "
-                             "(must come last).")  # fmt: skip
-    parser.add_argument("--distill_args", nargs=argparse.REMAINDER, default=[],
-                        help="Make the variant a self-distillation stage with these recipe overrides, e.g. "
-                             "--distill_args --max_rank 1 --rounds 3 (must come last).")  # fmt: skip
+    parser.add_argument(
+        "--grpo_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="Recipe overrides for the variant, e.g. --grpo_args --reward_funcs reciprocal_rank (must come last).",
+    )
+    parser.add_argument(
+        "--distill_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="Make the variant a self-distillation stage with these recipe overrides, e.g. "
+        "--distill_args --max_rank 1 --rounds 3 (must come last).",
+    )
     args = parser.parse_args()
     if (args.grpo_args or args.distill_args) and not args.variant:
         parser.error("--grpo_args / --distill_args change what a stage trains: name the run with --variant.")
@@ -342,8 +400,13 @@ def main() -> None:
     if args.variant:
         stage = "distill" if args.distill_args else "grpo"
         method = f"{'self_distillation' if stage == 'distill' else 'grape_rank'}_{args.variant}"
-        variant = {"name": args.variant, "stage": stage, "method": method, "start_from": args.start_from,
-                   "args": args.distill_args or args.grpo_args}  # fmt: skip
+        variant = {
+            "name": args.variant,
+            "stage": stage,
+            "method": method,
+            "start_from": args.start_from,
+            "args": args.distill_args or args.grpo_args,
+        }
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
     out = args.output_dir or REPO / "outputs" / f"shapes_grape{tag}"
@@ -367,8 +430,13 @@ def main() -> None:
         results["_meta"]["command"] = command
     for shift in args.shifts if args.ship else []:
         ship(shift, out / shift, results, variant["method"] if variant else "grape_rank", dest_root)
-    results["_meta"].update(retriever=RETRIEVER, direction="text -> image", rewriter="SmolLM2-135M-Instruct",
-                            stages=sizes, torch_threads=torch.get_num_threads())  # fmt: skip
+    results["_meta"].update(
+        retriever=RETRIEVER,
+        direction="text -> image",
+        rewriter="SmolLM2-135M-Instruct",
+        stages=sizes,
+        torch_threads=torch.get_num_threads(),
+    )
     save()
     report(results, curves, tag)
 
@@ -385,19 +453,16 @@ def shipped_name(shift: str) -> str:
 def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) -> None:
     """Copy METHOD's rewriter folder into the package with its held-out numbers and its chain of stages on the card,
     if it beats the rewriter shipped now on the shift's headline metric (R@1 for composed, R@10 otherwise)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from grape_hf.hub import build_model_card
     from grape_hf.metrics import METRICS
-    from grape_hf.rewriter_folder import RewriterConfig
+    from grape_hf.training.stages import ship_rewriter
 
     done, size, metric = results[shift], results["_meta"][shift], HEADLINE.get(shift, "R@10")
     earlier = done.get("previously_shipped")
     if earlier and done[method][metric] <= earlier[metric]:
-        log(f"{shift}: not shipped: {method} {metric} {done[method][metric]} does not beat the shipped rewriter's "
-            f"{earlier[metric]}")  # fmt: skip
+        log(
+            f"{shift}: not shipped: {method} {metric} {done[method][metric]} does not beat the shipped rewriter's "
+            f"{earlier[metric]}"
+        )
         return
     chain = [method]  # the stages that led to METHOD, latest first
     while done[chain[-1]].get("started_from") not in (None, "zero_shot"):
@@ -405,19 +470,13 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
     variants = results["_meta"].get("variants", {})
     names = [m.removeprefix("grape_rank_").removeprefix("self_distillation_") for m in reversed(chain)]
     commands = [results["_meta"]["command"]] + [variants[n]["command"] for n in names if n in variants]
-    dest = dest_root / shipped_name(shift)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(
-        stage_folder(method, folder), dest,
-        ignore=shutil.ignore_patterns("checkpoint-*", "trainer", "eval", "curves.*", "round-*", "stats.json"),
-    )  # fmt: skip
-    weights = dest / "adapter" / "adapter_model.safetensors"  # fp16 in the package: half the size, same rewrites
-    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
-    config = RewriterConfig.load(dest)
-    config.training.pop("init_rewriter", None)
-    config.training.update(method=method, stages=list(reversed(chain)), command=" && ".join(commands),
-                           results="benchmarks/results/shapes.json")  # fmt: skip
-    config.evaluation = {
+    training = dict(
+        method=method,
+        stages=list(reversed(chain)),
+        command=" && ".join(commands),
+        results="benchmarks/results/shapes.json",
+    )
+    evaluation = {
         "before": {m: done["no_rewrite"][m] for m in METRICS},
         "zero_shot": {m: done["zero_shot"][m] for m in METRICS},
         "start": {m: done[done[method].get("started_from", "self_distillation")][m] for m in METRICS},
@@ -428,8 +487,8 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
         "num_queries": size["eval_queries"],
         "corpus_size": size["corpus"],
     }
-    config.save(dest)
-    build_model_card(config, is_adapter=True).save(dest / "README.md")
+    dest = dest_root / shipped_name(shift)
+    ship_rewriter(stage_folder(method, folder), dest, evaluation, training)
     log(f"shipped {method} to {dest}")
 
 
@@ -438,8 +497,12 @@ def report(results: dict, curves: dict, tag: str) -> None:
     from grape_hf.evaluation import markdown_table, plot_curves
 
     shifts = [s for s in SHIFTS if s in results]
-    lines = [f"# GRAPE on the shapes CLIP track{' (quick mode)' if tag else ''}", "",
-             f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter SmolLM2-135M-Instruct.", ""]  # fmt: skip
+    lines = [
+        f"# GRAPE on the shapes CLIP track{' (quick mode)' if tag else ''}",
+        "",
+        f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter SmolLM2-135M-Instruct.",
+        "",
+    ]
     for shift in shifts:
         rows = {m: results[shift][m] for m in METHODS if m in results[shift]}
         rows.update({m: v for m, v in results[shift].items() if m.startswith(("grape_rank_", "self_distillation_"))})
@@ -457,7 +520,7 @@ def report(results: dict, curves: dict, tag: str) -> None:
                 for m, v in rows.items()
                 if "visible_facts" in v
             ]
-            lines.append("")  # fmt: skip
+            lines.append("")
     (RESULTS / f"shapes_grape{tag}.md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -480,8 +543,11 @@ def report(results: dict, curves: dict, tag: str) -> None:
     for shift, runs in curves.items():
         if not runs:  # no GRPO stage ran this time: keep the plot on record
             continue
-        plot_curves({f"GRPO {r}": c for r, c in runs.items()}, RESULTS / f"shapes_grape{tag}_curves_{shift}.png",
-                    title=f"shapes {shift}: GRPO stages")  # fmt: skip
+        plot_curves(
+            {f"GRPO {r}": c for r, c in runs.items()},
+            RESULTS / f"shapes_grape{tag}_curves_{shift}.png",
+            title=f"shapes {shift}: GRPO stages",
+        )
 
 
 if __name__ == "__main__":

@@ -115,9 +115,9 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
     import torch
     from datasets import load_from_disk
 
-    from grape_hf import CLIPRankScorer, QueryRewriter, load_retriever
+    from grape_hf import QueryRewriter, RankScorer, load_retriever
     from grape_hf.models import cache_home
-    from grape_hf.prompts import get_prompt_template
+    from grape_hf.rewriting.prompts import get_prompt_template
 
     data = load_from_disk(task)
     train = data["train"]
@@ -130,8 +130,12 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
     else:
         train = train.select(range(num_queries))
     retriever = load_retriever("open_clip:grape-shapes-clip@grape-shapes", device="cpu")
-    scorer = CLIPRankScorer(retriever, list(data["train_corpus"]["image"]),
-                            cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)  # fmt: skip
+    scorer = RankScorer(
+        retriever,
+        list(data["train_corpus"]["image"]),
+        cache_dir=cache_home() / "corpus_embeddings",
+        show_progress_bar=False,
+    )
     template = None
     if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the few-shot prompt given
         template = get_prompt_template(template=str(prompt))
@@ -141,13 +145,17 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
     queries, targets, captions = list(train["query"]), list(train["target_id"]), list(train["target_caption"])
     groups = list(train["language"]) if "language" in train.column_names else ["all"] * num_queries
     greedy = scorer.ranks([r[0] for r in rewriter.rewrite(queries, batch_size=16)], targets)
-    results = {"rewriter": rewriter_path, "queries": num_queries,
-               "greedy_R@10": round(float((greedy <= 10).float().mean()), 3)}  # fmt: skip
+    results = {
+        "rewriter": rewriter_path,
+        "queries": num_queries,
+        "greedy_R@10": round(float((greedy <= 10).float().mean()), 3),
+    }
     for temperature in temperatures:
         for top_p in top_ps:
             start = time.time()
-            samples = rewriter.rewrite(queries, num_rewrites=8, batch_size=8, do_sample=True,
-                                       temperature=temperature, top_k=0, top_p=top_p)  # fmt: skip
+            samples = rewriter.rewrite(
+                queries, num_rewrites=8, batch_size=8, do_sample=True, temperature=temperature, top_k=0, top_p=top_p
+            )
             ranks = scorer.ranks([s for group in samples for s in group], [t for t in targets for _ in range(8)])
             ranks = ranks.view(num_queries, 8)
             best = ranks.min(dim=1).values
@@ -176,8 +184,11 @@ def main() -> None:
     parser.add_argument("--task", default=TASK, help=f"The shift's task folder (default {TASK}).")
     parser.add_argument("--queries", type=int, default=48, help="probe: training queries to sample (default 48).")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8], help="probe (default 0.5 0.8).")
-    parser.add_argument("--prompt", default=None,
-                        help="probe, with the base model: its few-shot prompt (default: prompt.json beside --task).")  # fmt: skip
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="probe, with the base model: its few-shot prompt (default: prompt.json beside --task).",
+    )
     parser.add_argument("--top_ps", type=float, nargs="+", default=[1.0, 0.9], help="probe (default 1.0 0.9).")
     args = parser.parse_args()
     if not Path(args.task).is_dir():

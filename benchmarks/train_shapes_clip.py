@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grape_hf.retrievers import ASSETS_DIR, MODEL_CONFIGS_DIR
+from grape_hf.retrieval.retrievers import ASSETS_DIR, MODEL_CONFIGS_DIR
 from grape_hf.shapes import build_shift, generate_scenes
 
 ARCH = "grape-shapes-clip"
@@ -59,7 +59,7 @@ or with open_clip alone:
 
 ```python
 import open_clip
-from grape_hf.retrievers import BUILTIN_OPEN_CLIP_CHECKPOINTS, MODEL_CONFIGS_DIR
+from grape_hf.retrieval.retrievers import BUILTIN_OPEN_CLIP_CHECKPOINTS, MODEL_CONFIGS_DIR
 
 open_clip.add_model_config(MODEL_CONFIGS_DIR)
 checkpoint = BUILTIN_OPEN_CLIP_CHECKPOINTS["{arch}"]["grape-shapes"]  # assets/{arch}/open_clip_model.safetensors
@@ -203,16 +203,16 @@ def main() -> None:
     print(f"saved {checkpoint} ({checkpoint.stat().st_size / 1e6:.1f} MB)", flush=True)
 
     # Measure what ships: the fp16 file, loaded the way users load it.
-    from grape_hf import CLIPRankScorer, load_retriever
+    from grape_hf import RankScorer, load_retriever
     from grape_hf.evaluation import retrieval_metrics
 
     retriever = load_retriever(SPEC, device="cpu") if args.output_dir == ASSETS_DIR / ARCH else None
     if retriever is None:
-        from grape_hf.retrievers import OpenCLIPRetriever
+        from grape_hf.retrieval.retrievers import OpenCLIPRetriever
 
         retriever = OpenCLIPRetriever(SPEC, ARCH, str(checkpoint), device="cpu")
     rows, corpus = build_shift("in_distribution", num_images=args.eval_images, seed=args.eval_seed)
-    scorer = CLIPRankScorer(retriever, [scene.render() for scene in corpus], show_progress_bar=False)
+    scorer = RankScorer(retriever, [scene.render() for scene in corpus], show_progress_bar=False)
     metrics = retrieval_metrics(scorer.ranks([row["query"] for row in rows], [row["target_id"] for row in rows]))
     print(json.dumps(metrics), flush=True)
 

@@ -13,25 +13,26 @@ __version__ = "0.1.0"
 
 # Public name -> module. Resolved on first access so that `import grape_hf` stays light.
 _LAZY = {
-    "load_retriever": "retrievers",
-    "Retriever": "retrievers",
-    "CLIPRankScorer": "scorer",
-    "GRAPERewardFunction": "rewards",
-    "get_reward_funcs": "rewards",
-    "GRAPEScriptArguments": "configs",
-    "GRAPEConfig": "trainer",
-    "GRAPETrainer": "trainer",
-    "QueryRewriter": "rewriter",
-    "RewriterConfig": "rewriter_folder",
-    "load_rewriter": "rewriter_folder",
-    "shipped_rewriter_path": "rewriter",
-    "PromptTemplate": "prompts",
-    "get_prompt_template": "prompts",
+    "load_retriever": "retrieval.retrievers",
+    "Retriever": "retrieval.retrievers",
+    "RankScorer": "retrieval.scorer",
+    "CLIPRankScorer": "retrieval.scorer",
+    "GRAPERewardFunction": "training.rewards",
+    "get_reward_funcs": "training.rewards",
+    "GRAPEScriptArguments": "training.configs",
+    "GRAPEConfig": "training.configs",
+    "GRAPETrainer": "training.trainer",
+    "QueryRewriter": "rewriting.rewriter",
+    "RewriterConfig": "rewriting.folder",
+    "load_rewriter": "rewriting.folder",
+    "shipped_rewriter_path": "rewriting.rewriter",
+    "PromptTemplate": "rewriting.prompts",
+    "get_prompt_template": "rewriting.prompts",
     "evaluate_retrieval": "evaluation",
     "evaluate_rewriters": "evaluation",
     "load_grape_dataset": "data",
-    "GRAPERewritePipeline": "pipeline",
-    "GRAPERetriever": "search",
+    "GRAPERewritePipeline": "rewriting.pipeline",
+    "GRAPERetriever": "retrieval.search",
     "save_rewriter": "hub",
     "push_rewriter": "hub",
 }
@@ -40,19 +41,19 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; `__all__` re-exports these lazily
     # ruff: noqa: F401
-    from .configs import GRAPEScriptArguments
     from .data import load_grape_dataset
     from .evaluation import evaluate_retrieval, evaluate_rewriters
     from .hub import push_rewriter, save_rewriter
-    from .pipeline import GRAPERewritePipeline
-    from .prompts import PromptTemplate, get_prompt_template
-    from .retrievers import Retriever, load_retriever
-    from .rewards import GRAPERewardFunction, get_reward_funcs
-    from .rewriter import QueryRewriter, shipped_rewriter_path
-    from .rewriter_folder import RewriterConfig, load_rewriter
-    from .scorer import CLIPRankScorer
-    from .search import GRAPERetriever
-    from .trainer import GRAPEConfig, GRAPETrainer
+    from .retrieval.retrievers import Retriever, load_retriever
+    from .retrieval.scorer import CLIPRankScorer, RankScorer
+    from .retrieval.search import GRAPERetriever
+    from .rewriting.folder import RewriterConfig, load_rewriter
+    from .rewriting.pipeline import GRAPERewritePipeline
+    from .rewriting.prompts import PromptTemplate, get_prompt_template
+    from .rewriting.rewriter import QueryRewriter, shipped_rewriter_path
+    from .training.configs import GRAPEConfig, GRAPEScriptArguments
+    from .training.rewards import GRAPERewardFunction, get_reward_funcs
+    from .training.trainer import GRAPETrainer
 
 
 def __getattr__(name: str):

@@ -38,8 +38,8 @@ def _check_writable_dir(flag: str, folder: str | Path) -> None:
 
 def _check_evaluate(args: argparse.Namespace) -> None:
     """Everything that can be checked before the (long) embedding and rewriting, so no result is lost to it."""
-    from .cache import check_cache_dir
     from .models import cache_home
+    from .retrieval.cache import check_cache_dir
 
     _rewriter_entries(args.rewriter)
     if args.output_dir:
@@ -51,15 +51,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import is_multi30k_dir, load_grape_dataset
     from .evaluation import evaluate_rewriters, markdown_table, save_results
     from .models import cache_home
-    from .prompts import get_prompt_template
-    from .retrievers import load_retriever
-    from .rewriter import QueryRewriter
-    from .scorer import CLIPRankScorer
+    from .retrieval.retrievers import load_retriever
+    from .retrieval.scorer import RankScorer
+    from .rewriting.prompts import get_prompt_template
+    from .rewriting.rewriter import QueryRewriter
 
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
     data = load_grape_dataset(args.dataset, split=args.split, max_queries=args.max_samples, seed=args.seed, **extra)
     retriever = load_retriever(args.retriever)
-    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
+    scorer = RankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
     rewriters = {}
     for name, path in _rewriter_entries(args.rewriter).items():
         if path == "none":
@@ -88,8 +88,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_index_build(args: argparse.Namespace) -> None:
-    from .cache import check_cache_dir
-    from .index import _faiss
+    from .retrieval.cache import check_cache_dir
+    from .retrieval.index import _faiss
 
     _check_writable_dir("--output_dir", args.output_dir)
     if args.cache_dir:
@@ -102,15 +102,15 @@ def _check_index_build(args: argparse.Namespace) -> None:
 
 def _index_build(args: argparse.Namespace) -> int:
     from .data import is_multi30k_dir, load_grape_dataset
-    from .index import CorpusIndex
     from .models import cache_home
-    from .retrievers import load_retriever
-    from .scorer import CLIPRankScorer
+    from .retrieval.index import CorpusIndex
+    from .retrieval.retrievers import load_retriever
+    from .retrieval.scorer import RankScorer
 
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
     data = load_grape_dataset(args.dataset, split=args.split, **extra)
     retriever = load_retriever(args.retriever)
-    scorer = CLIPRankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
+    scorer = RankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
     index = CorpusIndex.build(
         scorer.corpus_embeddings,
         scorer.identity,

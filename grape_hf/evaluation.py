@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .metrics import MEAN_RANK, METRICS, PRIMARY_METRIC, retrieval_metrics
-from .rewriter import QueryRewriter
-from .scorer import CLIPRankScorer
+from .retrieval.scorer import RankScorer
+from .rewriting.rewriter import QueryRewriter
 
 __all__ = [
     "METRICS",
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-def evaluate_retrieval(scorer: CLIPRankScorer, queries: list[str], target_ids) -> dict[str, float]:
+def evaluate_retrieval(scorer: RankScorer, queries: list[str], target_ids) -> dict[str, float]:
     """Rank each query's target among the scorer's corpus and return [`retrieval_metrics`] plus the mean rank.
 
     Empty queries (e.g. an empty rewrite) rank last.
@@ -39,7 +39,7 @@ def evaluate_retrieval(scorer: CLIPRankScorer, queries: list[str], target_ids) -
 
 
 def evaluate_rewriters(
-    scorer: CLIPRankScorer,
+    scorer: RankScorer,
     queries: list[str],
     target_ids,
     rewriters: dict[str, QueryRewriter | None],
@@ -50,7 +50,7 @@ def evaluate_rewriters(
     """Evaluate the original queries (`rewriter=None`) and each rewriter's greedy rewrites.
 
     Args:
-        rewriters (`dict`): Method name -> [`~grape_hf.rewriter.QueryRewriter`] or `None` (no rewriting).
+        rewriters (`dict`): Method name -> [`~grape_hf.rewriting.rewriter.QueryRewriter`] or `None` (no rewriting).
         extra_queries (`dict`, *optional*): Method name -> ready-made queries (e.g. an oracle ceiling).
 
     Returns:
@@ -150,8 +150,8 @@ def bar_chart(results: dict[str, dict[str, float]], path: str | Path, title: str
 
 def training_curves(log_history: list[dict], completions_per_step: int | None = None) -> dict[str, list]:
     """Curves of a GRPO run from its trainer's `state.log_history`: the held-out retrieval metrics logged by
-    [`~grape_hf.callbacks.RetrievalEvalCallback`] (`eval_retrieval/<metric>`) and the reward's training-batch metrics
-    (`grape/<metric>`, `rewards/<name>/mean`), each with its steps (and completions seen, when given).
+    [`~grape_hf.training.callbacks.RetrievalEvalCallback`] (`eval_retrieval/<metric>`) and the reward's training-batch
+    metrics (`grape/<metric>`, `rewards/<name>/mean`), each with its steps (and completions seen, when given).
 
     Example:
     ```python
@@ -199,8 +199,13 @@ def plot_curves(runs: dict[str, dict], path: str | Path, title: str | None = Non
         tx = "completions" if "completions" in train else "step"
         if "target_similarity" in train:
             line = right.plot(train[tx], train["target_similarity"], label=f"{label}: to the target")[0]
-            right.plot(train[tx], train["nontarget_similarity"], ls="--", color=line.get_color(),
-                       label=f"{label}: to non-targets")  # fmt: skip
+            right.plot(
+                train[tx],
+                train["nontarget_similarity"],
+                ls="--",
+                color=line.get_color(),
+                label=f"{label}: to non-targets",
+            )
     left.set_xlabel("completions seen" if any("completions" in c["eval"] for c in runs.values()) else "step")
     left.set_ylabel(f"held-out {metric}")
     right.set_xlabel("completions seen" if any("completions" in c["train"] for c in runs.values()) else "step")

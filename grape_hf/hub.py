@@ -1,6 +1,6 @@
 """Saving and publishing trained rewriters: the folder layout, the model card, the upload.
 
-A published rewriter is the folder [`~grape_hf.rewriter_folder.save_rewriter_folder`] writes (model or `adapter/`,
+A published rewriter is the folder [`~grape_hf.rewriting.folder.save_rewriter_folder`] writes (model or `adapter/`,
 tokenizer, `grape_rewriter.json`, the remote-code modules, `grape_prompts.json`) plus a `README.md` model
 card rendered from `templates/model_card.md`. [`build_upload_folder`] builds exactly what [`push_rewriter`] uploads,
 without network, from a folder saved here or a plain training output (a full model or a PEFT adapter).
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import CARD_NAMES
-from .rewriter_folder import (
+from .rewriting.folder import (
     ADAPTER_SUBFOLDER,
     POINTER_MODEL_TYPE,
     REWRITER_CONFIG_NAME,
@@ -25,15 +25,27 @@ from .rewriter_folder import (
     add_pipeline_files,
     save_rewriter_folder,
 )
+from .rewriting.prompts import PROMPTS_FILE
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
-PROMPTS_FILE = Path(__file__).with_name("prompts.json")
 PAPER_URL = "https://arxiv.org/abs/2509.23370"
-MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
-               "pytorch_model*.bin")  # fmt: skip
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-                   "chat_template.jinja", "*.model")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "*.model",
+)
 _EXAMPLE_QUERIES = {
     "multilingual": "Ein Hund rennt über eine Wiese.",
     "long_form": "A long description of a photo in which, on the left, a small brown dog runs across a green meadow.",
@@ -63,7 +75,7 @@ def save_rewriter(model, tokenizer, folder: str | Path, rewriter_config: Rewrite
         model: The rewriter LM or PEFT model.
         tokenizer: Its tokenizer.
         folder (`str` or `Path`): Where to write.
-        rewriter_config ([`~grape_hf.rewriter_folder.RewriterConfig`] or `dict`, *optional*): Prompt, base model,
+        rewriter_config ([`~grape_hf.rewriting.folder.RewriterConfig`] or `dict`, *optional*): Prompt, base model,
             retriever, training settings and evaluation numbers.
 
     Returns:
@@ -94,7 +106,7 @@ def build_model_card(
     (`R@1`, `R@5`, `R@10`, `MRR`, `nDCG@10` when present in `rewriter_config.evaluation`).
 
     Args:
-        rewriter_config ([`~grape_hf.rewriter_folder.RewriterConfig`] or `dict`): What `grape_rewriter.json` holds.
+        rewriter_config ([`~grape_hf.rewriting.folder.RewriterConfig`] or `dict`): What `grape_rewriter.json` holds.
         model_id (`str`, *optional*): The Hub repo id, used in the usage snippet and as the model-index name.
         is_adapter (`bool`, *optional*, defaults to `False`): Whether the weights are a PEFT adapter.
         base_model (`str`, *optional*): The base model's Hub id; defaults to `rewriter_config.base_model`.
@@ -221,8 +233,8 @@ def build_upload_folder(folder: str | Path, output_dir: str | Path, repo_id: str
     config = RewriterConfig.load(src)
     if config is None:
         raise ValueError(
-            f"{str(src)!r} has no {REWRITER_CONFIG_NAME} (the prompt, base model and retriever the rewriter was trained "
-            "with); save it with grape_hf.hub.save_rewriter(model, tokenizer, folder, rewriter_config)."
+            f"{str(src)!r} has no {REWRITER_CONFIG_NAME} (the prompt, base model and retriever the rewriter was "
+            "trained with); save it with grape_hf.hub.save_rewriter(model, tokenizer, folder, rewriter_config)."
         )
     top_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else None
     if top_config is not None and top_config.get("model_type") == POINTER_MODEL_TYPE:
@@ -292,7 +304,8 @@ def push_rewriter(
     Args:
         folder (`str` or `Path`): A rewriter folder (see [`build_upload_folder`]).
         repo_id (`str`): The model repo, e.g. `"me/smollm2-grape-multi30k"`.
-        private (`bool`, *optional*, defaults to `False`): Create the repo private (an existing repo keeps its setting).
+        private (`bool`, *optional*, defaults to `False`): Create the repo private (an existing repo keeps its
+        setting).
         token (`str`, *optional*): A Hub token with write access; defaults to the logged-in one.
         commit_message (`str`, *optional*): The commit message.
 

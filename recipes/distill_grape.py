@@ -8,7 +8,8 @@ Start it from the base model or an earlier stage (`--init_rewriter <folder>`); G
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from grape_hf.distill import DistillScriptArguments, main
+from grape_hf.training.configs import DistillScriptArguments
+from grape_hf.training.distill import main
 
 if __name__ == "__main__":
     parser = TrlParser((DistillScriptArguments, SFTConfig, ModelConfig))

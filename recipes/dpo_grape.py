@@ -8,7 +8,8 @@ Start it from an earlier stage (`--init_rewriter <folder>`, e.g. the self-distil
 
 from trl import DPOConfig, ModelConfig, TrlParser
 
-from grape_hf.preference import PreferenceScriptArguments, main
+from grape_hf.training.configs import PreferenceScriptArguments
+from grape_hf.training.dpo import main
 
 if __name__ == "__main__":
     parser = TrlParser((PreferenceScriptArguments, DPOConfig, ModelConfig))

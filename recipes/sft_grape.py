@@ -8,7 +8,8 @@ Then continue with GRPO from it: `recipes/grpo_grape.py ... --init_rewriter <its
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from grape_hf.sft import SFTScriptArguments, main
+from grape_hf.training.configs import SFTScriptArguments
+from grape_hf.training.sft import main
 
 if __name__ == "__main__":
     parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))

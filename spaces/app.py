@@ -112,7 +112,9 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
                 query = gr.Textbox(
                     label="Query (with a reference image: the edit)",
                     lines=3,
-                    placeholder="ein großes rotes Dreieck oben · un cercle bleu à gauche · Zwei Hunde spielen im Schnee.",
+                    placeholder=(
+                        "ein großes rotes Dreieck oben · un cercle bleu à gauche · Zwei Hunde spielen im Schnee."
+                    ),
                     elem_id="grape-query",
                 )
                 with gr.Row():

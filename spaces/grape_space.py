@@ -25,9 +25,11 @@ Environment variables (all optional; the defaults are shipped with grape_hf and 
 | `GRAPE_SPACE_REWRITER_CAPTIONS` | the shipped `smollm2-135m-grape-multi30k-de` |
 | `GRAPE_SPACE_IMAGE_RETRIEVER` | `open_clip:grape-shapes-clip@grape-shapes` |
 | `GRAPE_SPACE_CAPTION_RETRIEVER` | `sentence-transformers:all-MiniLM-L6-v2` |
-| `GRAPE_SPACE_CAPTIONS_DATA` | `../shared/data/multi30k` beside the repo; any `load_grape_dataset` source (a Multi30k folder, a `save_to_disk` folder, or a Hub dataset id with `query`/`target_id` and a text corpus) |
+| `GRAPE_SPACE_CAPTIONS_DATA` | `../shared/data/multi30k` beside the repo; any `load_grape_dataset` source (*) |
 | `GRAPE_SPACE_CAPTIONS_SPLIT` | `validation` |
 | `GRAPE_SPACE_THREADS` | `1` (torch threads) |
+
+(*) a Multi30k folder, a `save_to_disk` folder, or a Hub dataset id with `query`/`target_id` and a text corpus.
 
 A rewriter is a folder or a Hub id that `pipeline("grape-rewrite", model=...)` opens.
 """
@@ -37,11 +39,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from grape_hf.models import SMOLLM2_ID
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ MAX_K = 20
 MAX_REWRITES = 8
 DISPLAY_SIZE = 128  # the shapes images are drawn at 64 px for the retriever and at this size for the page
 NEW_TOKENS = {"multilingual": 32, "long_form": 48, "composed": 32, "captions": 48}
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class SpaceInputError(ValueError):
@@ -74,7 +76,7 @@ class SpaceSettings:
 
     @classmethod
     def from_env(cls, environ=None) -> SpaceSettings:
-        from grape_hf.rewriter import shipped_rewriter_path
+        from grape_hf.rewriting.rewriter import shipped_rewriter_path
 
         env = os.environ if environ is None else environ
         defaults = {
@@ -112,37 +114,14 @@ def retriever_view(retriever, text: str) -> dict:
     (30, True, 10)
     ```
     """
-    tokenizer = getattr(retriever, "tokenizer", None)
-    if tokenizer is not None and hasattr(tokenizer, "encode") and hasattr(tokenizer, "pat"):
-        return _open_clip_view(tokenizer, text, getattr(retriever, "max_text_tokens", None))
-    st_model = getattr(retriever, "model", None)
-    hf_tokenizer = getattr(st_model, "tokenizer", None) or getattr(retriever, "_tokenizer", None)
-    limit = getattr(retriever, "max_text_tokens", None)
-    if hf_tokenizer is not None and getattr(hf_tokenizer, "is_fast", False) and limit:
-        special = hf_tokenizer.num_special_tokens_to_add(pair=False)
-        offsets = hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        context = max(int(limit) - special, 1)
-        if len(offsets) <= context:
-            return {"tokens": len(offsets), "context": context, "cut": False, "seen": text, "unseen": ""}
-        end = offsets[context - 1][1]
-        return {"tokens": len(offsets), "context": context, "cut": True, "seen": text[:end], "unseen": text[end:]}
-    return {"tokens": None, "context": None, "cut": False, "seen": text, "unseen": ""}
-
-
-def _open_clip_view(tokenizer, text: str, context_length: int | None) -> dict:
-    # open_clip keeps [start] + the first context_length - 2 text tokens + [end]. Its pre-tokenizer runs on the
-    # lower-cased, whitespace-normalised text; the same pattern on text.lower() finds the pieces in the original.
-    context = (context_length or 77) - 2
-    lowered = text.lower() if len(text.lower()) == len(text) else None
-    pieces = list(tokenizer.pat.finditer(lowered)) if lowered is not None else []
-    if lowered is None:  # lower() changed the length (rare scripts): count only, mark nothing
-        total = len(tokenizer.encode(text))
-        return {"tokens": total, "context": context, "cut": total > context, "seen": text, "unseen": ""}
+    pieces, context = retriever.text_pieces(text), retriever.text_context_length
+    if pieces is None or context is None:
+        return {"tokens": None, "context": None, "cut": False, "seen": text, "unseen": ""}
     total, end = 0, None
-    for piece in pieces:
-        total += len(tokenizer.encode(piece.group()))
+    for _, piece_end, tokens in pieces:
+        total += tokens
         if end is None and total >= context:
-            end = piece.end()
+            end = piece_end
     if total <= context:
         return {"tokens": total, "context": context, "cut": False, "seen": text, "unseen": ""}
     return {"tokens": total, "context": context, "cut": True, "seen": text[:end], "unseen": text[end:]}
@@ -173,7 +152,8 @@ class Corpus:
 
 
 def shapes_rows(shift: str):
-    """Seed 1's query rows and corpus scenes for a shapes shift (the held-out world of `benchmarks/shapes_grape.py`)."""
+    """Seed 1's query rows and corpus scenes for a shapes shift (the held-out world of
+    `benchmarks/shapes_grape.py`)."""
     from grape_hf.shapes import build_shift
 
     return build_shift(shift, num_images=SHAPES_IMAGES, seed=SHAPES_SEED)
@@ -205,7 +185,7 @@ class SpaceEngine:
         import torch
 
         import grape_hf  # noqa: F401 - registers pipeline("grape-rewrite")
-        from grape_hf import CLIPRankScorer, load_retriever
+        from grape_hf import RankScorer, load_retriever
         from grape_hf.models import cache_home
 
         torch.set_grad_enabled(False)
@@ -227,7 +207,7 @@ class SpaceEngine:
         self.shapes = Corpus(
             f"shapes world seed {SHAPES_SEED} ({len(scenes):,} images)",
             [scene.caption for scene in scenes],
-            CLIPRankScorer(self.image_retriever, images, cache_dir=cache, show_progress_bar=False),
+            RankScorer(self.image_retriever, images, cache_dir=cache, show_progress_bar=False),
             scenes=scenes,
         )
         for row in plain_rows + long_rows:
@@ -237,7 +217,7 @@ class SpaceEngine:
         self.composed = Corpus(
             f"shapes world seed {SHAPES_SEED}, composed ({len(composed_scenes):,} images)",
             [scene.caption for scene in composed_scenes],
-            CLIPRankScorer(self.image_retriever, composed_images, cache_dir=cache, show_progress_bar=False),
+            RankScorer(self.image_retriever, composed_images, cache_dir=cache, show_progress_bar=False),
             scenes=composed_scenes,
         )
         self.composed.image_ids = {image_key(im): i for i, im in enumerate(composed_images)}
@@ -252,8 +232,8 @@ class SpaceEngine:
             self.captions = self._load_captions(cache)
         except Exception as err:  # noqa: BLE001 - the images track still works; the page says why this one is off
             self.captions_error = (
-                f"The captions track is off: {type(err).__name__}: {err} Set GRAPE_SPACE_CAPTIONS_DATA to a Multi30k folder or a "
-                "dataset with query/target_id and a text corpus."
+                f"The captions track is off: {type(err).__name__}: {err} Set GRAPE_SPACE_CAPTIONS_DATA to a Multi30k "
+                "folder or a dataset with query/target_id and a text corpus."
             )
             logger.warning(self.captions_error)
         self._timed("captions corpus", start)
@@ -263,14 +243,14 @@ class SpaceEngine:
         self._timed("rewriters", start)
 
     def _load_captions(self, cache) -> Corpus:
-        from grape_hf import CLIPRankScorer
+        from grape_hf import RankScorer
         from grape_hf.data import is_multi30k_dir, load_grape_dataset
 
         source = self.settings.captions_data
         kwargs = {"task": "task2", "query_index": 1, "corpus_index": 1} if is_multi30k_dir(source) else {}
         data = load_grape_dataset(source, split=self.settings.captions_split, **kwargs)
         corpus = [str(text) for text in data.corpus]
-        scorer = CLIPRankScorer(self.caption_retriever, corpus, cache_dir=cache, show_progress_bar=False)
+        scorer = RankScorer(self.caption_retriever, corpus, cache_dir=cache, show_progress_bar=False)
         captions = Corpus(f"{data.name or source} ({len(corpus):,} descriptions)", corpus, scorer)
         for query, target in zip(data.queries["query"], data.queries["target_id"]):
             captions.targets.setdefault(query, int(target))
@@ -411,9 +391,12 @@ class SpaceEngine:
         engine = GRAPERetriever(self.rewriters[kind], corpus.scorer, depth=len(corpus))
         with self._lock:
             result = engine.search(
-                query, k=len(corpus), reference=reference_caption, ensemble=num_rewrites if num_rewrites > 1 else 0,
+                query,
+                k=len(corpus),
+                reference=reference_caption,
+                ensemble=num_rewrites if num_rewrites > 1 else 0,
                 **generate,
-            )  # fmt: skip
+            )
         after = result["ensemble"] if num_rewrites > 1 else result["rewritten"]
 
         def ranked(ranking: dict) -> list[dict]:
@@ -424,7 +407,7 @@ class SpaceEngine:
                     "text": corpus.items[i],
                     "score": round(float(s), 4),
                     "is_target": target is not None and int(i) == target,
-                }  # fmt: skip
+                }
                 for r, (i, s) in enumerate(zip(ranking["ids"][:k], ranking["scores"][:k]))
             ]
 
@@ -471,35 +454,3 @@ class SpaceEngine:
         """A composed-corpus image; at the corpus size (`display=False`) its upload is recognised by its pixels."""
         scene = self.composed.scenes[ref_id]
         return scene.render(DISPLAY_SIZE) if display else scene.render()
-
-
-def pick_examples(engine: SpaceEngine, shift: str, count: int, candidates: int, seed: int = 0) -> list[dict]:
-    """Held-out queries whose target rank the greedy rewrite improves most (ties: the better final rank).
-
-    Used by `spaces/make_examples.py` to choose the Space's examples; slow (one rewrite per candidate).
-    """
-    rows = engine.caption_rows if shift == "captions" else engine.rows[shift]
-    if shift == "multilingual":
-        rows_by_language: dict[str, list] = {}
-        for row in rows:
-            rows_by_language.setdefault(row["language"], []).append(row)
-        rng = random.Random(seed)
-        pool = [row for lang_rows in rows_by_language.values() for row in rng.sample(lang_rows, candidates // 4)]
-    else:
-        pool = random.Random(seed).sample(rows, min(candidates, len(rows)))
-    scored = []
-    for row in pool:
-        reference = engine.composed.scenes[row["reference_id"]].render() if shift == "composed" else None
-        track = "captions" if shift == "captions" else "images"
-        result = engine.search(
-            track, row["query"], reference=reference, k=5, shift=None if shift == "composed" else shift
-        )
-        before, after = result["target_rank"]["original"], result["target_rank"]["rewritten"]
-        scored.append({**row, "rewrite": result["rewrites"][0], "rank_before": before, "rank_after": after})
-    scored.sort(key=lambda r: (-(r["rank_before"] - r["rank_after"]) / r["rank_before"], r["rank_after"]))
-    if shift == "multilingual":  # the best of each language first
-        firsts = {}
-        for row in scored:
-            firsts.setdefault(row["language"], row)
-        scored = list(firsts.values()) + [row for row in scored if row not in firsts.values()]
-    return [row for row in scored if row["rank_after"] < row["rank_before"]][:count]

@@ -10,7 +10,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather, gather_object
 
-from grape_hf import CLIPRankScorer, GRAPERewardFunction, load_retriever
+from grape_hf import GRAPERewardFunction, RankScorer, load_retriever
 
 CORPUS = [f"a photo of {n} {thing}" for n in ("one", "two", "three", "four") for thing in ("dogs", "cats", "cars")]
 COMPLETIONS = [
@@ -38,9 +38,7 @@ def main(out_path: str, cache_dir: str) -> None:
     retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     result = {"num_processes": state.num_processes}
     for sampled in (None, 5):
-        scorer = CLIPRankScorer(
-            retriever, CORPUS, cache_dir=cache_dir, sampled_negatives=sampled, show_progress_bar=False
-        )
+        scorer = RankScorer(retriever, CORPUS, cache_dir=cache_dir, sampled_negatives=sampled, show_progress_bar=False)
         per_process = len(COMPLETIONS) // state.num_processes
         start = state.process_index * per_process
         values, metrics = rewards_and_metrics(

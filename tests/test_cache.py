@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from grape_hf import CLIPRankScorer, load_retriever
-from grape_hf.cache import CorpusCache
+from grape_hf import RankScorer, load_retriever
+from grape_hf.retrieval.cache import CorpusCache
 
 CORPUS = ["a dog runs on the grass", "two men play chess", "a red car in the snow", "a woman reads a book"]
 
@@ -27,17 +27,17 @@ def _save_minilm(minilm, folder, perturb: float = 0.0):
 
 def test_a_model_retrained_at_the_same_path_is_not_served_stale_embeddings(minilm, tmp_path):
     folder = _save_minilm(minilm, tmp_path / "model")
-    first = CLIPRankScorer(load_retriever(f"st:{folder}", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
+    first = RankScorer(load_retriever(f"st:{folder}", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
     assert first.cache_hit is False
     _save_minilm(minilm, folder, perturb=0.05)  # "retrained", saved over the old one
     retrained = load_retriever(f"st:{folder}", device="cpu")
-    second = CLIPRankScorer(retrained, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    second = RankScorer(retrained, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
     assert second.cache_hit is False
     torch.testing.assert_close(second.corpus_embeddings, retrained.encode_text(CORPUS))
     assert not torch.allclose(second.corpus_embeddings, first.corpus_embeddings)
     # A query equal to its target caption ranks it first.
     assert second.ranks(CORPUS, list(range(4))).tolist() == [1, 1, 1, 1]
-    again = CLIPRankScorer(load_retriever(f"st:{folder}", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
+    again = RankScorer(load_retriever(f"st:{folder}", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
     assert again.cache_hit is True
 
 
@@ -45,18 +45,18 @@ def test_a_relative_path_meaning_another_model_is_not_served_stale_embeddings(mi
     _save_minilm(minilm, tmp_path / "a" / "model")
     _save_minilm(minilm, tmp_path / "b" / "model", perturb=0.05)
     monkeypatch.chdir(tmp_path / "a")
-    in_a = CLIPRankScorer(load_retriever("st:model", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
+    in_a = RankScorer(load_retriever("st:model", device="cpu"), CORPUS, cache_dir=tmp_path / "cache")
     monkeypatch.chdir(tmp_path / "b")
     retriever_b = load_retriever("st:model", device="cpu")
-    in_b = CLIPRankScorer(retriever_b, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    in_b = RankScorer(retriever_b, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
     assert in_b.cache_hit is False
     torch.testing.assert_close(in_b.corpus_embeddings, retriever_b.encode_text(CORPUS))
     assert not torch.allclose(in_b.corpus_embeddings, in_a.corpus_embeddings)
 
 
 def test_loaded_embeddings_do_not_depend_on_the_file(minilm, tmp_path):
-    CLIPRankScorer(minilm, CORPUS, cache_dir=tmp_path, show_progress_bar=False)
-    scorer = CLIPRankScorer(minilm, CORPUS, cache_dir=tmp_path)
+    RankScorer(minilm, CORPUS, cache_dir=tmp_path, show_progress_bar=False)
+    scorer = RankScorer(minilm, CORPUS, cache_dir=tmp_path)
     assert scorer.cache_hit
     before = scorer.rank_stats(["men playing chess"], [1])
     scorer.cache_file.write_bytes(scorer.cache_file.read_bytes()[:-1000] + b"\0" * 1000)  # rewritten in place
@@ -89,9 +89,9 @@ def test_cache_dir_that_is_a_file_fails_before_embedding(minilm, tmp_path):
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("")
     with pytest.raises(ValueError, match=r"cache_dir '.*cache' is a file, not a folder"):
-        CLIPRankScorer(minilm, CORPUS * 10_000, cache_dir=not_a_folder)
+        RankScorer(minilm, CORPUS * 10_000, cache_dir=not_a_folder)
     with pytest.raises(ValueError, match=r"cache_dir '.*sub' cannot be created"):
-        CLIPRankScorer(minilm, CORPUS, cache_dir=not_a_folder / "sub")
+        RankScorer(minilm, CORPUS, cache_dir=not_a_folder / "sub")
 
 
 # Two processes building the same scorer at once (one embeds and writes, the other waits and loads): see

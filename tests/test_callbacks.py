@@ -1,4 +1,4 @@
-"""The R@10 curve callback (grape_hf.callbacks), driven through the hooks a Trainer calls."""
+"""The R@10 curve callback (grape_hf.training.callbacks), driven through the hooks a Trainer calls."""
 
 import pytest
 
@@ -6,19 +6,24 @@ import pytest
 def test_retrieval_eval_callback_measures_at_start_every_n_steps_and_end(tiny_llama_dir, minilm):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
-    from grape_hf import CLIPRankScorer
-    from grape_hf.callbacks import RetrievalEvalCallback
+    from grape_hf import RankScorer
     from grape_hf.metrics import METRICS
-    from grape_hf.prompts import get_prompt_template
+    from grape_hf.rewriting.prompts import get_prompt_template
+    from grape_hf.training.callbacks import RetrievalEvalCallback
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     corpus = ["a dog runs on the grass", "two men play chess", "a red car in the snow"]
-    scorer = CLIPRankScorer(minilm, corpus, show_progress_bar=False)
+    scorer = RankScorer(minilm, corpus, show_progress_bar=False)
     callback = RetrievalEvalCallback(
-        scorer, ["Ein Hund", "Zwei Männer"], [0, 1], tokenizer, get_prompt_template("multilingual"), eval_steps=2,
+        scorer,
+        ["Ein Hund", "Zwei Männer"],
+        [0, 1],
+        tokenizer,
+        get_prompt_template("multilingual"),
+        eval_steps=2,
         max_new_tokens=4,
-    )  # fmt: skip
+    )
     args, state, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerState(), TrainerControl()
     model.train()
     callback.on_train_begin(args, state, control, model=model)

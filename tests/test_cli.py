@@ -109,8 +109,24 @@ def test_shapes_task_is_saved_for_dataset_name_and_not_over_a_folder(tmp_path, c
     from grape_hf.data import load_grape_dataset
 
     out = tmp_path / "shapes-long"
-    assert main(["shapes-task", "--shift", "long_form", "--output_dir", str(out), "--train_images", "12",
-                 "--eval_images", "12", "--eval_queries", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "shapes-task",
+                "--shift",
+                "long_form",
+                "--output_dir",
+                str(out),
+                "--train_images",
+                "12",
+                "--eval_images",
+                "12",
+                "--eval_queries",
+                "3",
+            ]
+        )
+        == 0
+    )
     train = load_grape_dataset(str(out), split="train")
     assert len(train.queries) == 12 and len(train.corpus) == 12
     assert len(load_grape_dataset(str(out), split="validation").queries) == 3

@@ -59,21 +59,31 @@ def test_reward_corpus_descriptions_rank_images_by_their_mean_description(minilm
     evaluation (no seed) keeps description 1 alone; one description per item elsewhere is refused by name."""
     import torch
 
-    from grape_hf import CLIPRankScorer, GRAPEScriptArguments
-    from grape_hf.runs import build_scorer, load_split
+    from grape_hf import GRAPEScriptArguments, RankScorer
+    from grape_hf.training.stages import build_scorer, load_split
 
-    args = GRAPEScriptArguments(dataset_name=str(multi30k_path), max_train_images=12, max_train_samples=6,
-                                reward_corpus_descriptions=3, corpus_cache_dir=str(tmp_path))  # fmt: skip
+    args = GRAPEScriptArguments(
+        dataset_name=str(multi30k_path),
+        max_train_images=12,
+        max_train_samples=6,
+        reward_corpus_descriptions=3,
+        corpus_cache_dir=str(tmp_path),
+    )
     views = [load_split(args, "train", 0, corpus_index=k) for k in (1, 2, 3)]
     assert [list(v.queries["query"]) for v in views[1:]] == [list(views[0].queries["query"])] * 2  # same queries
     assert views[1].corpus != views[0].corpus  # another annotator's descriptions of those images
     scorer = build_scorer(minilm, views[0], args, seed=0)
-    each = [CLIPRankScorer(minilm, v.corpus, show_progress_bar=False).corpus_embeddings for v in views]
+    each = [RankScorer(minilm, v.corpus, show_progress_bar=False).corpus_embeddings for v in views]
     expected = torch.nn.functional.normalize(torch.stack(each).mean(dim=0), dim=-1)
     assert len(scorer) == 12 and torch.allclose(scorer.corpus_embeddings, expected, atol=1e-5)
     assert torch.allclose(build_scorer(minilm, views[0], args).corpus_embeddings, each[0], atol=1e-6)
-    task1 = GRAPEScriptArguments(dataset_name=str(multi30k_path), multi30k_task="task1", max_train_images=12,
-                                 reward_corpus_descriptions=2, corpus_cache_dir=str(tmp_path))  # fmt: skip
+    task1 = GRAPEScriptArguments(
+        dataset_name=str(multi30k_path),
+        multi30k_task="task1",
+        max_train_images=12,
+        reward_corpus_descriptions=2,
+        corpus_cache_dir=str(tmp_path),
+    )
     with pytest.raises(ValueError, match="reward_corpus_descriptions=2 needs Multi30k task2"):
         build_scorer(minilm, load_split(task1, "train", 0), task1, seed=0)
     with pytest.raises(ValueError, match="reward_corpus_descriptions must be 1-5"):

@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from grape_hf.devices import cpu_description, device_type, dtype_name, native_bf16, resolve_dtype
+from grape_hf.rewriting.devices import cpu_description, device_type, dtype_name, native_bf16, resolve_dtype
 
 
 def test_explicit_dtypes_win():
@@ -25,10 +25,10 @@ def test_auto_follows_the_cpu_flags():
 
 
 def test_auto_is_said_once(caplog):
-    import grape_hf.devices as devices
+    import grape_hf.rewriting.devices as devices
 
     devices._said.clear()
-    with caplog.at_level(logging.WARNING, logger="grape_hf.devices"):
+    with caplog.at_level(logging.WARNING, logger="grape_hf.rewriting.devices"):
         resolve_dtype("auto", "cpu")
         resolve_dtype("auto", torch.device("cpu"))
     said = [r.getMessage() for r in caplog.records if "dtype auto" in r.getMessage()]
@@ -43,7 +43,7 @@ def test_device_of_a_model_and_bad_names():
 
 
 def test_grape_config_leaves_autocast_to_the_device():
-    from grape_hf.trainer import GRAPEConfig
+    from grape_hf.training.configs import GRAPEConfig
 
     args = GRAPEConfig(output_dir="out", use_cpu=True, report_to="none")
     assert args.bf16 is native_bf16("cpu") and args.generation_dtype == "auto"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from grape_hf import CLIPRankScorer
+from grape_hf import RankScorer
 from grape_hf.evaluation import evaluate_retrieval, markdown_table, save_results
 from grape_hf.metrics import retrieval_metrics
 
@@ -19,7 +19,7 @@ def test_metrics_by_hand():
 
 
 def test_evaluate_and_save(minilm, tmp_path):
-    scorer = CLIPRankScorer(minilm, ["a dog on grass", "men playing chess", "a red car"], show_progress_bar=False)
+    scorer = RankScorer(minilm, ["a dog on grass", "men playing chess", "a red car"], show_progress_bar=False)
     metrics = evaluate_retrieval(scorer, ["a puppy on a lawn", "chess players", ""], [0, 1, 2])
     assert metrics["R@1"] == pytest.approx(2 / 3, abs=1e-3) and metrics["mean_rank"] == pytest.approx(5 / 3, abs=0.01)
     paths = save_results({"none": metrics}, tmp_path, name="t", title="toy", rewrites={"none": ["x"]})

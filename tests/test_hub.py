@@ -23,12 +23,24 @@ EVALUATION = {
     "split": "test_2016_flickr",
     "num_queries": 1000,
 }
-PUBLISHED = {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "grape_rewriter.json",
-             "grape_rewrite_pipeline.py", "rewriter_folder.py", "devices.py", "grape_prompts.json", "README.md"}  # fmt: skip
+PUBLISHED = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "grape_rewriter.json",
+    "grape_rewrite_pipeline.py",
+    "folder.py",
+    "prompting.py",
+    "generation.py",
+    "devices.py",
+    "grape_prompts.json",
+    "README.md",
+}
 
 
 def rewriter_config(base: str, **overrides):
-    from grape_hf.rewriter_folder import RewriterConfig
+    from grape_hf.rewriting.folder import RewriterConfig
 
     fields = {
         "prompt": PROMPT,
@@ -132,7 +144,7 @@ def test_card_lists_the_earlier_stages_on_the_same_queries():
 
 def test_upload_folder_of_a_full_model(trained, tmp_path):
     from grape_hf.hub import build_upload_folder
-    from grape_hf.rewriter_folder import REMOTE_TASK
+    from grape_hf.rewriting.folder import REMOTE_TASK
 
     out = build_upload_folder(trained["full"], tmp_path / "upload", repo_id="me/grape-full")
     assert {p.name for p in out.iterdir()} == PUBLISHED | {"model.safetensors", "generation_config.json"}
@@ -157,7 +169,7 @@ def test_upload_folder_of_a_bare_adapter_moves_it_and_publishes_a_hub_base(train
     )
     pointer = json.loads((out / "config.json").read_text())
     assert pointer["model_type"] == "grape_rewriter" and pointer["adapter_subfolder"] == "adapter"
-    assert pointer["auto_map"]["AutoModelForCausalLM"] == "rewriter_folder.GRAPERewriterLoader"
+    assert pointer["auto_map"]["AutoModelForCausalLM"] == "folder.GRAPERewriterLoader"
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "grape-test/tiny-llama"
 
@@ -184,10 +196,12 @@ def test_upload_folder_refuses_what_cannot_be_published(trained, _tiny_llama, tm
 def test_pipeline_module_imports_only_transformers():
     from transformers.dynamic_module_utils import get_imports
 
-    import grape_hf.pipeline
+    import grape_hf.rewriting.pipeline
 
     stdlib = {"__future__", "copy", "json", "shutil", "pathlib", "typing"}
-    assert set(get_imports(grape_hf.pipeline.__file__)) - stdlib == {"transformers"}  # peft: only for adapters
+    assert set(get_imports(grape_hf.rewriting.pipeline.__file__)) - stdlib == {
+        "transformers"
+    }  # peft: only for adapters
 
 
 def test_push_rewriter_signature_for_the_cli():
@@ -238,8 +252,14 @@ def test_remote_code_runs_without_grape_hf_local_and_from_the_hub_cache(trained,
     bootstrap = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r}); sys.argv[1:] = {refs!r}\n"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "m")}
     env.pop("PYTHONPATH", None)
-    run = subprocess.run([sys.executable, "-S", "-c", bootstrap + REMOTE], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=240)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", bootstrap + REMOTE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from grape_hf import CLIPRankScorer, GRAPERetriever
+from grape_hf import GRAPERetriever, RankScorer
 from grape_hf.cli import main
-from grape_hf.index import CorpusIndex
+from grape_hf.retrieval.index import CorpusIndex
 
 faiss = pytest.importorskip("faiss")
 
@@ -22,7 +22,7 @@ def clustered(minilm):
     torch.manual_seed(0)
     centers = torch.nn.functional.normalize(torch.randn(50, 384), dim=-1)
     emb = torch.nn.functional.normalize(centers.repeat(100, 1) + 0.3 * torch.randn(5000, 384) / 384**0.5 * 8, dim=-1)
-    return CLIPRankScorer.from_embeddings(minilm, emb)
+    return RankScorer.from_embeddings(minilm, emb)
 
 
 @pytest.mark.parametrize(("kind", "least_recall"), [("flat", 1.0), ("hnsw", 0.9), ("ivf", 0.8)])
@@ -48,8 +48,8 @@ def test_auto_is_flat_under_the_limit_and_approximate_above(clustered):
 
 def test_an_index_of_another_corpus_or_retriever_is_refused(minilm, tmp_path):
     corpus = ["a dog runs on the grass", "two men play chess", "a red car in the snow"]
-    scorer = CLIPRankScorer(minilm, corpus, show_progress_bar=False)
-    other = CLIPRankScorer(minilm, corpus + ["a cat"], show_progress_bar=False)
+    scorer = RankScorer(minilm, corpus, show_progress_bar=False)
+    other = RankScorer(minilm, corpus + ["a cat"], show_progress_bar=False)
     CorpusIndex.build(other.corpus_embeddings, other.identity).save(tmp_path / "other")
     with pytest.raises(ValueError, match=r"built for corpus '[0-9a-f]{64}', but the scorer uses '[0-9a-f]{64}'"):
         GRAPERetriever(EchoRewriter(), scorer, index=tmp_path / "other")

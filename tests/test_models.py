@@ -19,14 +19,18 @@ def test_smollm2_offline_copy_has_a_fixed_tokenizer(smollm2_tokenizer_dir):
     assert text.endswith("<|im_start|>assistant\n")
 
 
-def test_resolve_model_path(smollm2_tokenizer_dir, tmp_path, caplog):
+def test_resolve_model_path(smollm2_tokenizer_dir, tmp_path, caplog, monkeypatch):
+    from grape_hf import models
+
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
     assert resolve_model_path("someone/some-model") == "someone/some-model"
+    monkeypatch.setattr(models, "_announced", set())  # as in a fresh process: nothing said yet
     with caplog.at_level(logging.WARNING, logger="grape_hf.models"):
         assert resolve_model_path(SMOLLM2_ID) == str(smollm2_tokenizer_dir)
-        resolve_model_path(SMOLLM2_ID)
-    said = [r for r in caplog.records if "offline" in r.getMessage()]
-    assert len(said) <= 1  # said once per process
+        assert resolve_model_path(SMOLLM2_ID) == str(smollm2_tokenizer_dir)
+    said = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    assert len(said) == 1  # said once per process, naming the id and the copy it uses
+    assert SMOLLM2_ID in said[0] and str(smollm2_tokenizer_dir) in said[0]
 
 
 def test_offline_table_names_each_copy(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def test_bad_queries(pipes, monkeypatch):
 def test_folder_that_is_neither_model_nor_adapter(tmp_path):
     from transformers import pipeline
 
-    from grape_hf.pipeline import GRAPERewritePipeline
+    from grape_hf.rewriting.pipeline import GRAPERewritePipeline
 
     (tmp_path / "checkpoint-10").mkdir()
     (tmp_path / "trainer_state.json").write_text("{}")
@@ -152,8 +152,8 @@ def test_folder_that_is_neither_model_nor_adapter(tmp_path):
 
 
 def test_bare_peft_output_and_load_rewriter_read_both_layouts(saved, pipes):
-    from grape_hf.pipeline import GRAPERewritePipeline
-    from grape_hf.rewriter_folder import load_rewriter
+    from grape_hf.rewriting.folder import load_rewriter
+    from grape_hf.rewriting.pipeline import GRAPERewritePipeline
 
     bare = GRAPERewritePipeline.from_pretrained(str(saved["bare-adapter"]), device="cpu", prompt=PROMPT)
     assert bare("Ein Hund rennt.", **VISIBLE)["rewrites"] == pipes["adapter"]("Ein Hund rennt.", **VISIBLE)["rewrites"]
@@ -170,11 +170,11 @@ def test_save_pretrained_round_trips(pipes, tmp_path):
 
 
 def test_rewrite_then_retrieve_with_rank_fusion(pipes, minilm):
-    from grape_hf import CLIPRankScorer, GRAPERetriever
-    from grape_hf.search import reciprocal_rank_fusion
+    from grape_hf import GRAPERetriever, RankScorer
+    from grape_hf.retrieval.search import reciprocal_rank_fusion
 
     corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car in the snow", "a cat sleeps"]
-    scorer = CLIPRankScorer(minilm, corpus, show_progress_bar=False)
+    scorer = RankScorer(minilm, corpus, show_progress_bar=False)
     search = GRAPERetriever(pipes["full"], scorer, depth=4)
     result = search.search("Zwei Männer spielen Schach", k=2, **VISIBLE)
     scores, ids = scorer.search(["Zwei Männer spielen Schach", result["rewrite"]], k=2)
@@ -193,8 +193,8 @@ def test_rewrite_then_retrieve_with_rank_fusion(pipes, minilm):
 
 def test_pipeline_and_query_rewriter_share_prompts_and_rewrites(pipes):
     """One prompt rendering and one generation path: the pipeline and QueryRewriter give the same prompt and text."""
-    from grape_hf.prompts import PromptTemplate
-    from grape_hf.rewriter import QueryRewriter
+    from grape_hf.rewriting.prompts import PromptTemplate
+    from grape_hf.rewriting.rewriter import QueryRewriter
 
     pipe = pipes["full"]
     few_shot = {
@@ -212,7 +212,7 @@ def test_pipeline_and_query_rewriter_share_prompts_and_rewrites(pipes):
 
 
 def test_query_rewriter_refuses_a_bare_string(pipes):
-    from grape_hf.rewriter import QueryRewriter
+    from grape_hf.rewriting.rewriter import QueryRewriter
 
     library = QueryRewriter(pipes["full"].model, pipes["full"].tokenizer)
     with pytest.raises(TypeError, match="Pass \\[query\\]"):

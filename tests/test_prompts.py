@@ -1,8 +1,8 @@
-"""Prompt templates (grape_hf.prompts)."""
+"""Prompt templates (grape_hf.rewriting.prompts)."""
 
 import pytest
 
-from grape_hf.prompts import PromptTemplate, available_shifts, get_prompt_template
+from grape_hf.rewriting.prompts import PromptTemplate, available_shifts, get_prompt_template
 
 
 def test_prompt_templates():
@@ -31,7 +31,7 @@ def test_prompt_templates():
 
 
 def test_a_missing_prompt_file_is_named(tmp_path):
-    from grape_hf.prompts import get_prompt_template
+    from grape_hf.rewriting.prompts import get_prompt_template
 
     with pytest.raises(ValueError, match="prompt template file '.*nope.json' does not exist"):
         get_prompt_template("composed", str(tmp_path / "nope.json"))

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from grape_hf import load_retriever
-from grape_hf.retrievers import parse_retriever_spec
+from grape_hf.retrieval.retrievers import parse_retriever_spec
 
 TINY_OPEN_CLIP = {
     "embed_dim": 16,
@@ -132,3 +132,23 @@ def test_unknown_spec_is_a_clear_error(spec):
 def test_unknown_open_clip_arch():
     with pytest.raises(ValueError, match="Unknown open_clip architecture 'not-a-model'"):
         load_retriever("open_clip:not-a-model", device="cpu")
+
+
+def test_minilm_says_where_it_cuts_a_long_query(minilm):
+    """`text_pieces` and `text_context_length` tell what the retriever reads, without its tokenizer's internals."""
+    assert minilm.text_context_length == minilm.max_text_tokens - 2  # [CLS] and [SEP]
+    text = "Ein Hund rennt über die Wiese."
+    pieces = minilm.text_pieces(text)
+    spans = [text[start:end] for start, end, _ in pieces]  # spans of the text as given, not lower-cased
+    assert spans[:3] == ["Ein", "Hu", "nd"] and "".join(spans) == text.replace(" ", "")
+    assert all(tokens == 1 for _, _, tokens in pieces) and pieces[-1][1] == len(text)
+    assert len(pieces) == len(minilm.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_open_clip_text_pieces_count_what_its_tokenizer_encodes(tiny_open_clip):
+    retriever, _ = tiny_open_clip
+    text = "a small red circle on the left."
+    pieces = retriever.text_pieces(text)
+    assert sum(tokens for _, _, tokens in pieces) == len(retriever.tokenizer.encode(text))
+    assert [text[start:end] for start, end, _ in pieces][:4] == ["a", "small", "red", "circle"]
+    assert retriever.text_context_length == retriever.max_text_tokens - 2

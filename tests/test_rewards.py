@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from grape_hf import CLIPRankScorer, GRAPERewardFunction, get_reward_funcs
-from grape_hf.retrievers import Retriever
-from grape_hf.rewards import LOWEST_REWARD, REWARD_VARIANTS, resolve_reward_variant
+from grape_hf import GRAPERewardFunction, RankScorer, get_reward_funcs
+from grape_hf.retrieval.retrievers import Retriever
+from grape_hf.training.rewards import LOWEST_REWARD, REWARD_VARIANTS, resolve_reward_variant
 
 CORPUS = [
     "a dog runs on the grass",
@@ -18,7 +18,7 @@ CORPUS = [
 
 @pytest.fixture
 def scorer(minilm):
-    return CLIPRankScorer(minilm, CORPUS, show_progress_bar=False)
+    return RankScorer(minilm, CORPUS, show_progress_bar=False)
 
 
 def custom_reward(stats):
@@ -199,7 +199,7 @@ class BrokenOnWord(Retriever):
 @pytest.mark.parametrize("variant", sorted(REWARD_VARIANTS))
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
 def test_degenerate_query_embedding_earns_the_lowest_reward_and_is_counted(minilm, variant, value):
-    scorer = CLIPRankScorer(BrokenOnWord(minilm, value), CORPUS, show_progress_bar=False)
+    scorer = RankScorer(BrokenOnWord(minilm, value), CORPUS, show_progress_bar=False)
     reward = GRAPERewardFunction(scorer, reward=variant)
     values = reward(completions=["the void", "two men play chess", "void"], target_id=[1, 1, 1])
     assert values[0] == values[2] == LOWEST_REWARD[variant] < values[1]

@@ -1,4 +1,5 @@
-"""Group-aware decoding and log-probabilities (grape_hf.sampling) on a tiny Llama with SmolLM2's real tokenizer."""
+"""Group-aware decoding and log-probabilities (grape_hf.training.group_decoding) on a tiny Llama with SmolLM2's real
+tokenizer."""
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def plain_logps(model, input_ids, attention_mask, logits_to_keep, entropy=False)
 def test_shared_prompt_logps_equal_the_plain_forward_with_gradients(tiny_llama_dir, lora_policy):
     from transformers import AutoTokenizer
 
-    from grape_hf.sampling import _left_pad, shared_prompt_logps
+    from grape_hf.training.group_decoding import _left_pad, shared_prompt_logps
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     policy = lora_policy
@@ -56,7 +57,7 @@ def test_shared_prompt_logps_equal_the_plain_forward_with_gradients(tiny_llama_d
 def test_shared_prefix_generate_matches_generate(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from grape_hf.sampling import _left_pad, shared_prefix_generate
+    from grape_hf.training.group_decoding import _left_pad, shared_prefix_generate
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
@@ -65,12 +66,17 @@ def test_shared_prefix_generate_matches_generate(tiny_llama_dir):
     shared = shared_prefix_generate(model, prompt_ids, greedy, tokenizer.pad_token_id)
     input_ids, attention_mask = _left_pad(prompt_ids, tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
-        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=greedy,
-                               pad_token_id=tokenizer.pad_token_id)[:, input_ids.size(1):]  # fmt: skip
+        plain = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=greedy,
+            pad_token_id=tokenizer.pad_token_id,
+        )[:, input_ids.size(1) :]
     assert torch.equal(shared, plain)
 
-    sampled = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0,
-                               eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    sampled = GenerationConfig(
+        max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0, eos_token_id=tokenizer.eos_token_id
+    )
     torch.manual_seed(0)
     draws = shared_prefix_generate(model, prompt_ids * 4, sampled, tokenizer.pad_token_id)
     assert draws.shape[0] == 24
@@ -78,7 +84,7 @@ def test_shared_prefix_generate_matches_generate(tiny_llama_dir):
 
 
 def test_inverse_cdf_sampler_draws_from_the_softmax():
-    from grape_hf.sampling import InverseCDFSampler
+    from grape_hf.training.group_decoding import InverseCDFSampler
 
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 0.0, float("-inf"), 1.0, -1.0])
@@ -94,8 +100,8 @@ def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
     """generate_rewrite_tokens: several rewrites per prompt from one prompt forward, as generate would give them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from grape_hf.rewriter_folder import generate_rewrite_tokens
-    from grape_hf.sampling import _left_pad
+    from grape_hf.rewriting.generation import generate_rewrite_tokens
+    from grape_hf.training.group_decoding import _left_pad
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
@@ -103,14 +109,16 @@ def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
     config = GenerationConfig(max_new_tokens=5, eos_token_id=tokenizer.eos_token_id)
     single = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, generation_config=config)
     # Sampling from the top token only is greedy decoding: the shared prefill and the inverse-CDF draw change nothing.
-    shared = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, num_rewrites=3,
-                                     generation_config=config, top_k=1)  # fmt: skip
+    shared = generate_rewrite_tokens(
+        model, tokenizer, input_ids, attention_mask, num_rewrites=3, generation_config=config, top_k=1
+    )
     assert shared.shape[:2] == (3, 3)
     assert all(torch.equal(shared[:, i], single[:, 0]) for i in range(3))
 
     torch.manual_seed(0)
-    sampled = generate_rewrite_tokens(model, tokenizer, input_ids, attention_mask, num_rewrites=4,
-                                      generation_config=config, temperature=1.0, top_k=0)  # fmt: skip
+    sampled = generate_rewrite_tokens(
+        model, tokenizer, input_ids, attention_mask, num_rewrites=4, generation_config=config, temperature=1.0, top_k=0
+    )
     assert sampled.shape[:2] == (3, 4)
     assert len({tuple(row) for row in sampled[0].tolist()}) > 1
 
@@ -118,7 +126,7 @@ def test_rewrites_of_a_prompt_share_its_prefill(tiny_llama_dir):
 def test_packed_group_logps_equal_the_plain_forward_with_gradients(tiny_llama_dir, lora_policy):
     from transformers import AutoTokenizer
 
-    from grape_hf.sampling import _left_pad, packed_group_logps
+    from grape_hf.training.group_decoding import _left_pad, packed_group_logps
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     policy = lora_policy
@@ -161,7 +169,7 @@ def test_packed_group_logps_equal_the_plain_forward_with_gradients(tiny_llama_di
 def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grape_hf.sampling import _left_pad, register_grouped_decode_attention
+    from grape_hf.training.group_decoding import _left_pad, register_grouped_decode_attention
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
@@ -170,8 +178,13 @@ def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
     ).eval()
     assert grouped.config.num_key_value_heads < grouped.config.num_attention_heads  # the case it exists for
     input_ids, attention_mask = _left_pad(prompts(tokenizer, [0, 1, 2]), tokenizer.pad_token_id, "cpu")  # padded
-    settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    settings = dict(
+        max_new_tokens=6,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.no_grad():
         expected = sdpa.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
         got = grouped.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
@@ -184,7 +197,7 @@ def test_grouped_decode_attention_decodes_as_sdpa_does(tiny_llama_dir):
 def test_reserved_layer_matches_dynamic_layer_through_growth_crop_and_reorder():
     from transformers.cache_utils import DynamicLayer
 
-    from grape_hf.rewriter_folder import ReservedLayer
+    from grape_hf.rewriting.generation import ReservedLayer
 
     torch.manual_seed(0)
     plain, reserved = DynamicLayer(), ReservedLayer(reserve=2)

@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from grape_hf import CLIPRankScorer
+from grape_hf import RankScorer
 
 
 def brute_force_ranks(q, emb, targets):
@@ -23,14 +23,14 @@ def brute_force_ranks(q, emb, targets):
 def random_scorer(minilm):
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(103, 384), dim=-1)
-    return CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=10), emb
+    return RankScorer.from_embeddings(minilm, emb, chunk_size=10), emb
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 10, 103, 1000])
 def test_ranks_match_brute_force_across_chunk_boundaries(minilm, chunk_size):
     torch.manual_seed(1)
     emb = torch.nn.functional.normalize(torch.randn(103, 384), dim=-1)
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
+    scorer = RankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
     q = torch.nn.functional.normalize(torch.randn(12, 384), dim=-1)
     targets = [0, 6, 7, 9, 10, 50, 99, 100, 101, 102, [3, 70], [102, 0, 55]]
     assert scorer.ranks(q, targets).tolist() == brute_force_ranks(q, emb, targets)
@@ -40,7 +40,7 @@ def test_ties_and_duplicates_do_not_push_the_target_down(minilm):
     emb = torch.nn.functional.normalize(torch.randn(6, 384), dim=-1)
     emb[3] = emb[1]  # a duplicate of the target
     emb[4] = emb[1]
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=4)
+    scorer = RankScorer.from_embeddings(minilm, emb, chunk_size=4)
     q = emb[1:2].clone()  # the query is the target itself
     assert scorer.ranks(q, [1]).tolist() == [1]
     assert scorer.ranks(q, [3]).tolist() == [1]
@@ -75,7 +75,7 @@ def test_search_matches_full_topk(random_scorer):
 
 def test_real_text_corpus_with_minilm(minilm):
     corpus = ["a dog runs on the grass", "two men play chess in a park", "a red car drives through snow"]
-    scorer = CLIPRankScorer(minilm, corpus, show_progress_bar=False)
+    scorer = RankScorer(minilm, corpus, show_progress_bar=False)
     assert scorer.ranks(["men playing a board game", "a puppy on a lawn"], [1, 0]).tolist() == [1, 1]
     q = minilm.encode_text(["a puppy on a lawn"])
     assert scorer.ranks(["a puppy on a lawn"], [2]).tolist() == brute_force_ranks(q, scorer.corpus_embeddings, [2])
@@ -84,7 +84,7 @@ def test_real_text_corpus_with_minilm(minilm):
 
 def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
     corpus = ["a cat", "a dog", "a bird"]
-    first = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+    first = RankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
     files = list(tmp_path.glob("corpus-*.safetensors"))
     assert len(files) == 1
     # A cache hit must not re-embed: prove it by planting different (valid) embeddings in the file.
@@ -93,25 +93,25 @@ def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
     planted = torch.nn.functional.normalize(torch.ones(3, 384), dim=-1)
     identity = {"spec": minilm.spec, "fingerprint": minilm.fingerprint()}
     save_file({"embeddings": planted}, str(files[0]), metadata=identity)
-    assert torch.equal(CLIPRankScorer(minilm, corpus, cache_dir=tmp_path).corpus_embeddings, planted)
+    assert torch.equal(RankScorer(minilm, corpus, cache_dir=tmp_path).corpus_embeddings, planted)
     # Another corpus gets another file.
-    CLIPRankScorer(minilm, corpus + ["a fish"], cache_dir=tmp_path, show_progress_bar=False)
+    RankScorer(minilm, corpus + ["a fish"], cache_dir=tmp_path, show_progress_bar=False)
     assert len(list(tmp_path.glob("corpus-*.safetensors"))) == 2
     # Corrupted: rebuilt with a warning.
     files[0].write_bytes(b"not a safetensors file")
     with pytest.warns(UserWarning, match="unreadable"):
-        again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+        again = RankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
     torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
     # Mismatched shape: rebuilt with a warning.
     save_file({"embeddings": torch.ones(3, 8)}, str(files[0]), metadata=identity)
     with pytest.warns(UserWarning, match="re-embedding"):
-        again = CLIPRankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
+        again = RankScorer(minilm, corpus, cache_dir=tmp_path, show_progress_bar=False)
     torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
 
 
 def test_sampled_negatives_mode(random_scorer, minilm):
     _, emb = random_scorer
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=20, seed=3)
+    scorer = RankScorer.from_embeddings(minilm, emb, sampled_negatives=20, seed=3)
     q = emb[[4, 8]] + 0.01
     stats = scorer.rank_stats(q, [4, 8])
     assert stats.corpus_size == 103  # ranks are estimated among the whole corpus
@@ -122,8 +122,8 @@ def test_sampled_negatives_mode(random_scorer, minilm):
 
 def test_bad_inputs(minilm):
     with pytest.raises(ValueError, match="corpus is empty"):
-        CLIPRankScorer(minilm, [])
-    scorer = CLIPRankScorer(minilm, ["a", "b"], show_progress_bar=False)
+        RankScorer(minilm, [])
+    scorer = RankScorer(minilm, ["a", "b"], show_progress_bar=False)
     with pytest.raises(ValueError, match=r"target_id 1200 is outside the corpus \(2 items\)"):
         scorer.ranks(["a"], [1200])
     with pytest.raises(ValueError, match="target_id -1"):
@@ -131,12 +131,12 @@ def test_bad_inputs(minilm):
     with pytest.raises(ValueError, match="2 target ids for 1 queries"):
         scorer.ranks(["a"], [0, 1])
     with pytest.raises(ValueError, match="have size 8 but retriever .* embeds to 384"):
-        CLIPRankScorer.from_embeddings(minilm, torch.ones(4, 8))
+        RankScorer.from_embeddings(minilm, torch.ones(4, 8))
     with pytest.raises(ValueError, match="strings or PIL images"):
-        CLIPRankScorer(minilm, [1, 2], cache_dir="/tmp/unused-grape-cache")
+        RankScorer(minilm, [1, 2], cache_dir="/tmp/unused-grape-cache")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CLIPRankScorer.from_embeddings(minilm, torch.ones(2, 384))
+        RankScorer.from_embeddings(minilm, torch.ones(2, 384))
 
 
 # ---------------------------------------------------------------- wrong results that used to pass silently
@@ -151,7 +151,7 @@ def test_bad_inputs(minilm):
     ],
 )
 def test_target_ids_are_integers_never_guessed(minilm, target, message):
-    scorer = CLIPRankScorer.from_embeddings(minilm, torch.nn.functional.normalize(torch.randn(50, 384), dim=-1))
+    scorer = RankScorer.from_embeddings(minilm, torch.nn.functional.normalize(torch.randn(50, 384), dim=-1))
     with pytest.raises(ValueError, match=message):
         scorer.ranks(torch.randn(1, 384), [target])
 
@@ -185,14 +185,14 @@ def test_degenerate_corpus_rows_are_refused(minilm, bad):
     emb = torch.nn.functional.normalize(torch.randn(20, 384), dim=-1)
     emb[[3, 11]] = bad
     with pytest.raises(ValueError, match=r"2 corpus embedding row\(s\) .* \(rows 3, 11\)"):
-        CLIPRankScorer.from_embeddings(minilm, emb)
+        RankScorer.from_embeddings(minilm, emb)
 
 
 def test_exact_stats_match_brute_force_with_multi_targets_and_ties(minilm):
     torch.manual_seed(4)
     emb = torch.nn.functional.normalize(torch.randn(57, 384), dim=-1)
     emb[10] = emb[2]
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=8, top_k=5)
+    scorer = RankScorer.from_embeddings(minilm, emb, chunk_size=8, top_k=5)
     q = torch.cat([emb[[2, 10]], torch.nn.functional.normalize(torch.randn(4, 384), dim=-1)])
     targets = [10, [2, 10], [0, 56, 9], 33, [8, 16], 7]
     stats = scorer.rank_stats(q, targets)
@@ -210,7 +210,7 @@ def test_exact_stats_match_brute_force_with_multi_targets_and_ties(minilm):
 # ---------------------------------------------------------------- sampled negatives
 def test_sampled_negatives_are_deterministic_per_target_whatever_the_batch(random_scorer, minilm):
     _, emb = random_scorer
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
+    scorer = RankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
     torch.manual_seed(2)
     q = torch.nn.functional.normalize(emb[[4] * 4 + [9] * 4] + 0.15 * torch.randn(8, 384), dim=-1)
     targets = [4] * 4 + [9] * 4
@@ -221,7 +221,7 @@ def test_sampled_negatives_are_deterministic_per_target_whatever_the_batch(rando
     order = torch.randperm(8)
     assert scorer.ranks(q[order], [targets[i] for i in order]).tolist() == ranks[order].tolist()
     assert scorer.ranks(q[5:], targets[5:]).tolist() == ranks[5:].tolist()
-    again = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
+    again = RankScorer.from_embeddings(minilm, emb, sampled_negatives=30, seed=1)
     assert again.ranks(q[3:], targets[3:]).tolist() == ranks[3:].tolist()
 
 
@@ -229,8 +229,8 @@ def test_sampled_ranks_estimate_the_exact_ranks(minilm):
     torch.manual_seed(5)
     emb = torch.nn.functional.normalize(torch.randn(2000, 384), dim=-1)
     q = torch.nn.functional.normalize(emb[:200] + 0.6 * torch.randn(200, 384), dim=-1)
-    exact = CLIPRankScorer.from_embeddings(minilm, emb).ranks(q, list(range(200))).float()
-    estimate = CLIPRankScorer.from_embeddings(minilm, emb, sampled_negatives=200).ranks(q, list(range(200))).float()
+    exact = RankScorer.from_embeddings(minilm, emb).ranks(q, list(range(200))).float()
+    estimate = RankScorer.from_embeddings(minilm, emb, sampled_negatives=200).ranks(q, list(range(200))).float()
     assert exact.median() > 10  # a spread of ranks, not all at the top
     spearman = torch.corrcoef(torch.stack([exact.argsort().argsort().float(), estimate.argsort().argsort().float()]))
     assert spearman[0, 1] > 0.9
@@ -244,8 +244,15 @@ def test_ranks_match_brute_force_on_word_counted_chunks(minilm, chunk_size):
     q = torch.nn.functional.normalize(emb[:40] + 0.9 * torch.randn(40, 384) / 384**0.5 * 8, dim=-1)
     q[0] = -emb[0]  # the target last: 2999 items beat it
     targets = list(range(40))
-    scorer = CLIPRankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
+    scorer = RankScorer.from_embeddings(minilm, emb, chunk_size=chunk_size)
     scores = q @ emb.T
     expected = 1 + (scores > scores[torch.arange(40), targets][:, None] + 1e-6).sum(1)
     assert scorer.ranks(q, targets).tolist() == expected.tolist()
     assert scorer.ranks(q[:1], [0]).item() == 3000
+
+
+def test_clip_rank_scorer_is_the_rank_scorer():
+    """The first name stays importable: it ranks for any retriever, not only CLIP."""
+    from grape_hf import CLIPRankScorer, RankScorer
+
+    assert CLIPRankScorer is RankScorer

@@ -1,11 +1,12 @@
-"""The rewriters shipped inside grape_hf (the Multi30k one by benchmarks/multi30k_rank_supervision.py --ship) load offline in one line."""
+"""The rewriters shipped inside grape_hf (the Multi30k one by benchmarks/multi30k_rank_supervision.py --ship) load
+offline in one line."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from grape_hf.rewriter import shipped_rewriter_path, shipped_rewriters
+from grape_hf.rewriting.rewriter import shipped_rewriter_path, shipped_rewriters
 
 
 def test_shipped_multi30k_rewriter_is_self_describing():
@@ -35,7 +36,7 @@ def test_shipped_rewriter_runs_through_the_pipeline(smollm2_tokenizer_dir):
 
 def test_shipped_rewriter_loads_as_a_query_rewriter_without_remote_code(smollm2_tokenizer_dir):
     """No trust_remote_code prompt: the folder's config.json maps to remote code that grape_hf must not need."""
-    from grape_hf.rewriter import QueryRewriter
+    from grape_hf.rewriting.rewriter import QueryRewriter
 
     rewriter = QueryRewriter.from_pretrained(str(shipped_rewriter_path()), max_new_tokens=16)
     assert "German" in rewriter.template.user
@@ -92,10 +93,53 @@ def test_shipped_shapes_rewriters_run_through_the_pipeline(name, smollm2_tokeniz
 @pytest.mark.parametrize("name", shipped_rewriters())
 def test_shipped_remote_code_equals_the_source(name):
     """Each shipped folder's remote-code modules are the package's own, copied at save time (as on the Hub)."""
-    from grape_hf.rewriter_folder import remote_code_files
+    from grape_hf.rewriting.folder import remote_code_files
 
     folder = shipped_rewriter_path(name)
     for filename, source in remote_code_files().items():
         assert (folder / filename).read_bytes() == source.read_bytes(), (
-            f"{name}/{filename} is stale: run grape_hf.rewriter_folder.refresh_remote_code(folder)"
+            f"{name}/{filename} is stale: run grape_hf.rewriting.folder.refresh_remote_code(folder)"
         )
+
+
+SHIPPED_REMOTE = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("grape_hf") is None, "grape_hf must not be importable here"
+from transformers import pipeline
+rewriter = pipeline(model=sys.argv[1], trust_remote_code=True, device="cpu")
+out = rewriter("Ein Hund rennt über eine grüne Wiese.", max_new_tokens=24)
+print(json.dumps({"class": type(rewriter).__name__, "rewrite": out["rewrite"]}))
+"""
+
+
+def test_shipped_rewriter_runs_as_remote_code_without_grape_hf(smollm2_tokenizer_dir, tmp_path):
+    """The shipped folder's own flat modules (pipeline, folder, prompting, generation, devices) serve it, grape_hf
+    absent; its base model comes from an HF cache, as it would after a download."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    repo = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(smollm2_tokenizer_dir, repo / "snapshots" / ("0" * 40))
+    folder = shutil.copytree(shipped_rewriter_path(), tmp_path / "rewriter")
+    # Only site-packages on the path: no editable-install .pth, no PYTHONPATH, no repo checkout.
+    site = sysconfig.get_paths()["purelib"]
+    bootstrap = f"import sys; sys.path.append({site!r}); sys.argv[1:] = [{str(folder)!r}]\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.pop("PYTHONPATH", None)
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", bootstrap + SHIPPED_REMOTE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["class"] == "GRAPERewritePipeline" and "dog" in result["rewrite"].lower()

@@ -41,8 +41,9 @@ def space_url(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("space") / "app.log"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, str(SPACES / "app.py")], cwd=REPO_ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, str(SPACES / "app.py")], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + STARTUP_TIMEOUT
     try:
@@ -176,10 +177,12 @@ def test_retriever_view_marks_where_the_clip_context_cuts():
     assert retriever_view(clip, "a small red circle")["cut"] is False
 
 
+@pytest.mark.slow
 def test_browser_examples_show_the_rewrite_and_a_better_rank(space_url, tmp_path):
     if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
         pytest.fail(
-            f"Chromium is not at {CHROMIUM}; install it with `apt-get install -y chromium` (`make test` does, through scripts/setup_browser.sh)."
+            f"Chromium is not at {CHROMIUM}; install it with `apt-get install -y chromium` (`make test-all` does, "
+            "through scripts/setup_browser.sh)."
         )
     from playwright.sync_api import sync_playwright
 
@@ -191,15 +194,21 @@ def test_browser_examples_show_the_rewrite_and_a_better_rank(space_url, tmp_path
             page.goto(space_url)
             page.wait_for_selector("#grape-search", timeout=60_000)
             # One example of each kind, ending on the composed one (the screenshot shows its images).
-            for shift, panel in (("captions", "#grape-before-table table"), ("multilingual", "#grape-before img"),
-                                 ("composed", "#grape-after img")):  # fmt: skip
+            for shift, panel in (
+                ("captions", "#grape-before-table table"),
+                ("multilingual", "#grape-before img"),
+                ("composed", "#grape-after img"),
+            ):
                 example = EXAMPLES[shift][0]
                 page.locator(f"#grape-examples-{shift} button").first.click()
                 result = page.locator(f"#grape-summary .grape-result[data-shift='{shift}']")
                 result.wait_for(timeout=120_000)
                 page.wait_for_selector(panel, timeout=30_000)
-                before_after = ("#grape-before-table", "#grape-after-table") if shift == "captions" else (
-                    "#grape-before", "#grape-after")  # fmt: skip
+                before_after = (
+                    ("#grape-before-table", "#grape-after-table")
+                    if shift == "captions"
+                    else ("#grape-before", "#grape-after")
+                )
                 for selector in before_after:
                     assert page.locator(selector).is_visible()
                 assert page.locator("#grape-summary .grape-rewrite").first.inner_text().strip()

@@ -198,7 +198,9 @@ def describe(scene: SceneLike, language: str = "en") -> str:
     Example:
     ```python
     >>> from grape_hf.shapes import Scene, ShapeObject, describe
-    >>> scene = Scene((ShapeObject("circle", "red", "small", "left"), ShapeObject("diamond", "blue", "large", "right")))
+    >>> scene = Scene(
+    ...     (ShapeObject("circle", "red", "small", "left"), ShapeObject("diamond", "blue", "large", "right"))
+    ... )
     >>> describe(scene, "de")
     'ein kleiner roter Kreis links und eine große blaue Raute rechts'
     >>> describe(scene, "es")

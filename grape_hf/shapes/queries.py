@@ -83,7 +83,8 @@ def build_shift(
     Args:
         shift (`str`): One of `SHIFTS`: `in_distribution`, `multilingual`, `long_form`, `composed`.
         num_images (`int`, *optional*, defaults to `1000`): Corpus size.
-        seed (`int`, *optional*, defaults to `1`): Seed of the corpus and the queries. `benchmarks/train_shapes_clip.py`
+        seed (`int`, *optional*, defaults to `1`): Seed of the corpus and the queries.
+        `benchmarks/train_shapes_clip.py`
             trains on seed 0's stream; evaluate on other seeds.
         num_queries (`int`, *optional*): Queries per language (multilingual) or in all. Defaults to one per image,
             and to `num_images // (3 + composed_negatives)` for `composed`.

@@ -107,7 +107,9 @@ class Scene:
     Example:
     ```python
     >>> from grape_hf.shapes import Scene, ShapeObject
-    >>> scene = Scene((ShapeObject("square", "blue", "large", "middle"), ShapeObject("circle", "red", "small", "left")))
+    >>> scene = Scene(
+    ...     (ShapeObject("square", "blue", "large", "middle"), ShapeObject("circle", "red", "small", "left"))
+    ... )
     >>> scene.caption
     'a small red circle on the left and a large blue square in the middle'
     >>> scene.render().size

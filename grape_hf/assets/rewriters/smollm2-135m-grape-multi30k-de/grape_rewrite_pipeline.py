@@ -1,7 +1,8 @@
 """`pipeline("grape-rewrite")`: rewrite search queries with a trained GRAPE rewriter.
 
-Self-contained like [`~grape_hf.rewriter_folder`], whose folder format, loader, prompt rendering and generation it
-uses: [`~grape_hf.rewriter_folder.add_pipeline_files`] copies both modules into a saved rewriter folder, so that
+Self-contained like [`~grape_hf.rewriting.folder`] (the folder format and loader),
+[`~grape_hf.rewriting.prompting`] and [`~grape_hf.rewriting.generation`], which it uses:
+[`~grape_hf.rewriting.folder.add_pipeline_files`] copies them all into a saved rewriter folder, so that
 `pipeline(model=folder, trust_remote_code=True)` works where grape_hf is not installed. grape_hf itself never sets
 `trust_remote_code`: importing it registers the task `"grape-rewrite"` and plugs in its offline model resolution and
 built-in prompts through [`register_pipeline`].
@@ -15,19 +16,19 @@ from typing import Any
 
 from transformers import GenerationConfig, Pipeline
 
-from .rewriter_folder import (
+from .folder import (
     POINTER_MODEL_TYPE,
     PROMPTS_NAME,
     REWRITER_CONFIG_NAME,
     GRAPERewriterConfig,
     GRAPERewriterLoader,
-    decode_rewrites,
-    generate_rewrite_tokens,
     load_rewriter,
     read_json,
-    render_prompt,
     save_rewriter_folder,
+    with_pad_token,
 )
+from .generation import decode_rewrites, generate_rewrite_tokens
+from .prompting import render_prompt
 
 TASK = "grape-rewrite"
 DEFAULT_SHIFT = "multilingual"
@@ -79,8 +80,7 @@ class GRAPERewritePipeline(Pipeline):
         )
         self.builtin_prompts = read_json(source, PROMPTS_NAME) or self._packaged_prompts()
         super().__init__(*args, **kwargs)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        with_pad_token(self.tokenizer)
         self.tokenizer.padding_side = "left"
         if self._batch_size is None:
             self._batch_size = DEFAULT_BATCH_SIZE
@@ -200,8 +200,12 @@ class GRAPERewritePipeline(Pipeline):
 
         text = render_prompt(self.tokenizer, template, inputs["query"], inputs["reference"])
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "query": inputs["query"],
-                "prompt": text}  # fmt: skip
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "query": inputs["query"],
+            "prompt": text,
+        }
 
     def _forward(self, model_inputs: dict, num_rewrites: int = 1, **generate_kwargs) -> dict:
         new_tokens = generate_rewrite_tokens(
@@ -217,8 +221,12 @@ class GRAPERewritePipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict) -> dict:
         rewrites = decode_rewrites(self.tokenizer, model_outputs["new_tokens"])[0]
-        return {"query": model_outputs["query"], "rewrites": rewrites, "rewrite": rewrites[0],
-                "prompt": model_outputs["prompt"]}  # fmt: skip
+        return {
+            "query": model_outputs["query"],
+            "rewrites": rewrites,
+            "rewrite": rewrites[0],
+            "prompt": model_outputs["prompt"],
+        }
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> Path:
         """Write a rewriter folder that both `pipeline("grape-rewrite")` and remote code load (see the module doc)."""

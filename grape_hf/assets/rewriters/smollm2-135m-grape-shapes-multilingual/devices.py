@@ -11,7 +11,7 @@ of the remote code, so that `pipeline(model=folder, trust_remote_code=True)` mak
 Example:
 ```python
 >>> import torch
->>> from grape_hf.devices import resolve_dtype
+>>> from grape_hf.rewriting.devices import resolve_dtype
 >>> resolve_dtype("float32", "cpu")
 torch.float32
 >>> resolve_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)

@@ -1,0 +1,150 @@
+"""Prompt templates that turn a user query into the rewriter's chat messages.
+
+Templates are data (``prompts.json``): one per distribution shift GRAPE handles. A run may bring its own
+template; the trained rewriter stores the one it was trained with so the pipeline reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .prompting import render_messages
+from .prompting import render_prompt as _render_prompt
+
+# The built-in templates, as data (also copied into saved folders as `grape_prompts.json`).
+PROMPTS_FILE = Path(__file__).with_name("prompts.json")
+
+
+@lru_cache(maxsize=1)
+def _builtin_templates() -> dict[str, dict]:
+    return json.loads(PROMPTS_FILE.read_text())
+
+
+def available_shifts() -> list[str]:
+    """Names of the built-in shift kinds, e.g. `["multilingual", "long_form", "composed"]`."""
+    return list(_builtin_templates())
+
+
+@dataclass
+class PromptTemplate:
+    """A chat prompt for the rewriter.
+
+    Args:
+        user (`str`):
+            The user turn. `{query}` is replaced by the query; `{reference}` (composed queries) by the reference
+            item's caption.
+        system (`str`, *optional*):
+            The system turn, if any.
+        shift (`str`, *optional*):
+            The shift kind this template was written for (informational).
+        examples (`list[dict]`, *optional*):
+            Few-shot demonstrations, each `{"query": ..., "rewrite": ...}` (and `"reference"` for composed
+            queries), rendered as earlier user/assistant turns.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompts import get_prompt_template
+    >>> template = get_prompt_template("multilingual")
+    >>> template.build_messages("Ein Hund rennt.")[-1]["content"].endswith("Ein Hund rennt.")
+    True
+    ```
+    """
+
+    user: str
+    system: str | None = None
+    shift: str | None = None
+    examples: list[dict] | None = None
+
+    def __post_init__(self):
+        if "{query}" not in self.user:
+            raise ValueError(f"The prompt template's user turn must contain '{{query}}'; got {self.user!r}.")
+
+    @property
+    def needs_reference(self) -> bool:
+        return "{reference}" in self.user
+
+    def build_messages(self, query: str, reference: str | None = None) -> list[dict[str, str]]:
+        """Return the conversation (`[{"role": ..., "content": ...}, ...]`) for one query."""
+        self._check_reference(reference)
+        return render_messages(self.to_dict(), query, reference)
+
+    def render_prompt(self, tokenizer, query: str, reference: str | None = None) -> str:
+        """The prompt text for one query: `tokenizer`'s chat template applied, the generation prompt added."""
+        self._check_reference(reference)
+        return _render_prompt(tokenizer, self.to_dict(), query, reference)
+
+    def _check_reference(self, reference: str | None) -> None:
+        if self.needs_reference and reference is None:
+            raise ValueError(
+                f"The {self.shift or 'given'!s} prompt template needs a reference caption (it contains "
+                "'{reference}'); pass `reference=`."
+            )
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if not data["examples"]:
+            data.pop("examples")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PromptTemplate:
+        return cls(
+            user=data["user"], system=data.get("system"), shift=data.get("shift"), examples=data.get("examples")
+        )
+
+
+def get_prompt_template(
+    shift: str = "multilingual", template: str | dict | PromptTemplate | None = None
+) -> PromptTemplate:
+    """Return the prompt template for a shift kind, or the user's own.
+
+    Args:
+        shift (`str`, *optional*, defaults to `"multilingual"`):
+            One of [`available_shifts`].
+        template (`str`, `dict` or [`PromptTemplate`], *optional*):
+            A user turn containing `{query}`, a dict with `user`/`system` keys, or a path to a JSON file holding such
+            a dict. Overrides the built-in template of `shift`.
+    """
+    if isinstance(template, PromptTemplate):
+        return template
+    if isinstance(template, dict):
+        return PromptTemplate.from_dict({"shift": shift, **template})
+    if isinstance(template, str):
+        path = Path(template)
+        if template.endswith(".json"):
+            if not path.is_file():
+                raise ValueError(
+                    f"The prompt template file {template!r} does not exist; give the path of a JSON file with "
+                    "'user' (and 'system', 'examples') keys, or the user turn itself containing '{query}'."
+                )
+            return PromptTemplate.from_dict({"shift": shift, **json.loads(path.read_text())})
+        return PromptTemplate(user=template, shift=shift)
+    builtin = _builtin_templates()
+    if shift not in builtin:
+        raise ValueError(f"Unknown shift kind {shift!r}; choose one of {sorted(builtin)}.")
+    return PromptTemplate.from_dict({"shift": shift, **builtin[shift]})
+
+
+def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "reference"):
+    """Add TRL's conversational `prompt` column (the chat messages) to a [`~grape_hf.data.GRAPEData`]'s queries.
+
+    Example:
+    ```python
+    >>> from datasets import Dataset
+    >>> from grape_hf.data import GRAPEData
+    >>> from grape_hf.rewriting.prompts import get_prompt_template, to_prompt_dataset
+    >>> data = GRAPEData(Dataset.from_list([{"query": "Ein Hund", "target_id": 0}]), ["a dog"], "demo")
+    >>> to_prompt_dataset(data, get_prompt_template("multilingual"))[0]["prompt"][-1]["role"]
+    'user'
+    ```
+    """
+    queries = getattr(data, "queries", data)
+
+    def add_prompt(example):
+        reference = example.get(reference_column) if template.needs_reference else None
+        return {"prompt": template.build_messages(example["query"], reference)}
+
+    return queries.map(add_prompt)

@@ -1,0 +1,137 @@
+"""The query rewriter: an LLM, its tokenizer and the prompt it was trained with, rewriting batches of queries.
+
+The rewriter folder format and its loader live in [`~grape_hf.rewriting.folder`], the generation path in
+[`~grape_hf.rewriting.generation`]; this module wraps them for batch use from Python (evaluation, the R@10 curve
+callback, self-distillation) and lists the rewriters shipped with grape_hf.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models import resolve_model_path
+from .devices import resolve_dtype
+from .folder import REWRITER_CONFIG_NAME, load_rewriter, with_pad_token
+from .generation import decode_rewrites, generate_rewrite_tokens
+from .prompts import PromptTemplate, get_prompt_template
+
+
+class QueryRewriter:
+    """Batched query rewriting with a causal LM through its chat template.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The rewriter LM (a PEFT model works too).
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Its tokenizer; left padding is used for generation.
+        template ([`~grape_hf.rewriting.prompts.PromptTemplate`], *optional*): The prompt; defaults to the multilingual
+        one.
+        max_new_tokens (`int`, *optional*, defaults to `48`): Length of a rewrite.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.rewriter import QueryRewriter
+    >>> rewriter = QueryRewriter.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    >>> rewriter.rewrite(["Ein Hund rennt über eine Wiese."])  # doctest: +SKIP
+    [['A dog runs across a meadow.']]
+    ```
+    """
+
+    def __init__(self, model, tokenizer, template: PromptTemplate | None = None, max_new_tokens: int = 48):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template or get_prompt_template("multilingual")
+        self.max_new_tokens = max_new_tokens
+        with_pad_token(self.tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, template: PromptTemplate | None = None, device: str | None = None, **kwargs
+    ) -> QueryRewriter:
+        """Load a trained rewriter folder, a Hub id, or a plain instruct model (prompt-only rewriting).
+
+        `dtype=` (default `"auto"`: bf16 where `device` runs it natively, else fp32; or e.g. `torch.float32`) goes to
+        `from_pretrained`; other `kwargs` to the constructor.
+        """
+        load_kwargs = {"dtype": resolve_dtype(kwargs.pop("dtype", "auto"), device)}
+        model, tokenizer, config = load_rewriter(name_or_path, resolve_base_model=resolve_model_path, **load_kwargs)
+        if device:
+            model.to(device)
+        if template is None and config is not None:
+            template = PromptTemplate.from_dict(config.prompt)
+        return cls(model, tokenizer, template=template, **kwargs)
+
+    def prompts(self, queries: list[str], references: list[str] | None = None) -> list[str]:
+        """The rendered prompts (chat template applied, generation prompt added)."""
+        refs = references if references is not None else [None] * len(queries)
+        return [self.template.render_prompt(self.tokenizer, q, r) for q, r in zip(queries, refs)]
+
+    @torch.no_grad()
+    def rewrite(
+        self,
+        queries: list[str],
+        references: list[str] | None = None,
+        num_rewrites: int = 1,
+        batch_size: int = 16,
+        do_sample: bool | None = None,
+        **generation_kwargs,
+    ) -> list[list[str]]:
+        """Rewrite each query; returns `num_rewrites` rewrites per query (greedy unless sampling)."""
+        if isinstance(queries, str):
+            raise TypeError(
+                f"queries must be a list of strings; got the string {queries[:60]!r}. Pass [query] for one query."
+            )
+        if references is not None and (isinstance(references, str) or len(references) != len(queries)):
+            raise ValueError(f"references must be a list with one caption per query ({len(queries)}).")
+        if do_sample is None:
+            do_sample = num_rewrites > 1
+        texts = self.prompts(list(queries), references)
+        generation_kwargs.setdefault("max_new_tokens", self.max_new_tokens)
+        device = next(self.model.parameters()).device
+        outputs: list[list[str]] = []
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(device)
+                new_tokens = generate_rewrite_tokens(
+                    self.model,
+                    self.tokenizer,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    num_rewrites=num_rewrites,
+                    do_sample=do_sample,
+                    **generation_kwargs,
+                )
+                outputs.extend(decode_rewrites(self.tokenizer, new_tokens))
+        finally:
+            self.tokenizer.padding_side = old_side
+        return outputs
+
+
+SHIPPED_REWRITERS_DIR = Path(__file__).parents[1] / "assets" / "rewriters"
+
+
+def shipped_rewriters() -> list[str]:
+    """Names of the trained rewriters shipped inside grape_hf (offline defaults)."""
+    if not SHIPPED_REWRITERS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_REWRITERS_DIR.iterdir() if (p / REWRITER_CONFIG_NAME).is_file())
+
+
+def shipped_rewriter_path(name: str = "smollm2-135m-grape-multi30k-de") -> Path:
+    """The folder of a rewriter shipped with grape_hf, for `pipeline("grape-rewrite", model=...)`.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.rewriter import shipped_rewriter_path
+    >>> from transformers import pipeline
+    >>> rewriter = pipeline("grape-rewrite", model=shipped_rewriter_path())  # doctest: +SKIP
+    ```
+    """
+    path = SHIPPED_REWRITERS_DIR / name
+    if not (path / REWRITER_CONFIG_NAME).is_file():
+        raise ValueError(f"No shipped rewriter named {name!r}; grape_hf ships {shipped_rewriters()}.")
+    return path

@@ -1,0 +1,7 @@
+"""Training a rewriter: the arguments, the reward, the trainer and the stages that chain into a run.
+
+`configs` (every stage's argument dataclasses), `rewards` (`GRAPERewardFunction`, rewards by name), `trainer`
+(`GRAPETrainer`) with `merged_sampler` (the merged LoRA copy it samples with) and `group_decoding` (a GRPO group's
+prompt computed once), `callbacks`, `stages` (what the stages share; running, chaining, evaluating and shipping
+them), and one module per stage: `grpo`, `sft`, `distill`, `dpo`.
+"""

@@ -1,0 +1,364 @@
+"""The arguments of every stage, as open-r1 keeps them: dataclasses that TRL's `TrlParser` fills from a recipe's
+YAML and the command line.
+
+| stage (`grape_hf.training.X`, `recipes/<model>/X/`) | script arguments | training arguments |
+|---|---|---|
+| `grpo` | [`GRAPEScriptArguments`] | [`GRAPEConfig`] (TRL's `GRPOConfig` plus the fast path) |
+| `sft` | [`SFTScriptArguments`] | TRL's `SFTConfig` |
+| `distill` | [`DistillScriptArguments`] | TRL's `SFTConfig` |
+| `dpo` | [`PreferenceScriptArguments`] | TRL's `DPOConfig` |
+
+Each with TRL's `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig, ScriptArguments
+
+from ..retrieval.retrievers import parse_retriever_spec
+from ..rewriting.prompts import available_shifts
+from .rewards import resolve_reward_variant
+
+
+@dataclass
+class GRAPEScriptArguments(ScriptArguments):
+    """Arguments of the GRAPE recipe: the data, the frozen retriever, the reward and the evaluation.
+
+    `dataset_name` is a Multi30k folder (e.g. `../shared/data/multi30k`), a local `datasets` folder or a Hub dataset
+    id with query splits (`query`, `target_id`) and corpus splits (`<split>_corpus` or `corpus`).
+
+    Example:
+    ```python
+    >>> from grape_hf import GRAPEScriptArguments
+    >>> GRAPEScriptArguments(dataset_name="../shared/data/multi30k", reward_funcs=["rank"]).retriever
+    'sentence-transformers:all-MiniLM-L6-v2'
+    ```
+    """
+
+    dataset_test_split: str = field(default="validation", metadata={"help": "The evaluation split."})
+    retriever: str = field(
+        default="sentence-transformers:all-MiniLM-L6-v2",
+        metadata={
+            "help": "The frozen retriever: 'open_clip:<arch>[@<pretrained>]', 'hf-clip:<name or path>' or "
+            "'sentence-transformers:<name or path>'."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["rank"],
+        metadata={
+            "help": "Reward variants: 'rank' (GRAPE), 'shaped_rank', 'reciprocal_rank', 'similarity', 'margin', or "
+            "dotted paths to functions of RankStats."
+        },
+    )
+    relative_reward: bool = field(
+        default=False, metadata={"help": "Reward the rewrite's improvement over the original query."}
+    )
+    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+    query_column: str = field(default="query", metadata={"help": "Column of the original query."})
+    target_column: str = field(default="target_id", metadata={"help": "Column of the right corpus id(s)."})
+    reference_column: str = field(
+        default="reference", metadata={"help": "Column of the reference caption, for composed queries."}
+    )
+    corpus_column: str | None = field(default=None, metadata={"help": "Corpus column ('text' or 'image')."})
+    multi30k_task: str = field(default="task2", metadata={"help": "Multi30k task folder: 'task1' or 'task2'."})
+    query_lang: str = field(default="de", metadata={"help": "Multi30k query language."})
+    corpus_lang: str = field(default="en", metadata={"help": "Multi30k corpus language."})
+    max_train_images: int | None = field(
+        default=1000, metadata={"help": "Multi30k: images (and so corpus items) kept for training."}
+    )
+    reward_corpus_descriptions: int = field(
+        default=1,
+        metadata={
+            "help": "Multi30k task2: the reward ranks each training image by the mean embedding of its first N "
+            "corpus_lang descriptions (1-5) instead of description 1 alone, so a rewrite is paid for matching the "
+            "image, not one annotator's words. Evaluation always ranks description 1."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Training queries kept."})
+    max_eval_images: int | None = field(default=None, metadata={"help": "Multi30k: images kept for evaluation."})
+    max_eval_samples: int | None = field(
+        default=200, metadata={"help": "Evaluation queries kept (corpus stays whole)."}
+    )
+    corpus_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to cache corpus embeddings; defaults to grape_hf's cache folder."}
+    )
+    sampled_negatives: int | None = field(
+        default=None, metadata={"help": "Rank among this many sampled negatives instead of the whole corpus."}
+    )
+    evaluate_before_after: bool = field(
+        default=True, metadata={"help": "Evaluate on the test split before and after training and print the table."}
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Generation batch size of the evaluation."})
+    init_rewriter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this rewriter folder (a warm start or self-distillation output): its LoRA adapter is "
+            "trained further and its prompt is used unless prompt_template is given."
+        },
+    )
+    curve_eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every this many steps, rewrite curve_queries held-out queries greedily and log "
+            "eval_retrieval/R@10 etc. (RetrievalEvalCallback); 0 turns the curve off."
+        },
+    )
+    curve_queries: int = field(default=48, metadata={"help": "Held-out queries of the R@10 curve."})
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        if self.shift not in available_shifts():
+            raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        for name in self.reward_funcs:
+            resolve_reward_variant(name)
+        parse_retriever_spec(self.retriever)
+        if self.curve_eval_steps < 0 or self.curve_queries < 1:
+            raise ValueError(
+                f"curve_eval_steps must be >= 0 (got {self.curve_eval_steps}) and curve_queries >= 1 "
+                f"(got {self.curve_queries})."
+            )
+        if self.init_rewriter is not None and not _exists_or_hub_id(self.init_rewriter):
+            raise ValueError(
+                f"init_rewriter {self.init_rewriter!r} is not a folder here; give the output_dir of an earlier stage "
+                "(or a Hub repo id)."
+            )
+        if self.dataset_name is None:
+            raise ValueError(
+                "dataset_name is required: a Multi30k folder, a local dataset folder or a Hub dataset id."
+            )
+        if not 1 <= self.reward_corpus_descriptions <= 5:
+            raise ValueError(
+                f"reward_corpus_descriptions must be 1-5 (Multi30k task2 has five descriptions per image), got "
+                f"{self.reward_corpus_descriptions}."
+            )
+
+
+def _exists_or_hub_id(name: str) -> bool:
+    from pathlib import Path
+
+    return Path(name).exists() or (name.count("/") == 1 and not name.startswith((".", "/", "~")))
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """Arguments of the warm start: the (query, rewrite) pairs and the prompt.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.configs import SFTScriptArguments
+    >>> SFTScriptArguments(dataset_name="../shared/data/multi30k").multi30k_task
+    'task1'
+    ```
+    """
+
+    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+    query_column: str = field(default="query", metadata={"help": "Column of the query (non-Multi30k datasets)."})
+    rewrite_column: str = field(default="rewrite", metadata={"help": "Column of the target rewrite."})
+    multi30k_task: str = field(default="task1", metadata={"help": "Multi30k task folder of the pairs."})
+    query_lang: str = field(default="de", metadata={"help": "Multi30k language of the queries."})
+    rewrite_lang: str = field(default="en", metadata={"help": "Multi30k language of the rewrites."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep a seeded subset of the pairs."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Pairs of `dataset_test_split` for the eval loss (with `eval_strategy` steps or epoch)."},
+    )
+    retriever: str | None = field(
+        default=None, metadata={"help": "The retriever the rewriter is meant for (recorded in grape_rewriter.json)."}
+    )
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        if self.shift not in available_shifts():
+            raise ValueError(f"Unknown shift {self.shift!r}; choose one of {available_shifts()}.")
+        if self.dataset_name is None:
+            raise ValueError("dataset_name is required: a Multi30k folder, or a dataset with query/rewrite columns.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of pairs, got {value}.")
+
+
+@dataclass
+class DistillScriptArguments(GRAPEScriptArguments):
+    """[`~grape_hf.GRAPEScriptArguments`] plus the sampling and filtering of self-distillation.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.configs import DistillScriptArguments
+    >>> DistillScriptArguments(dataset_name="../shared/data/multi30k").num_samples
+    8
+    ```
+    """
+
+    rounds: int = field(default=2, metadata={"help": "Sample-filter-fine-tune rounds."})
+    num_samples: int = field(default=8, metadata={"help": "Rewrites sampled per training query each round."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rewrites."})
+    sample_batch_size: int = field(default=16, metadata={"help": "Queries per generate call while sampling."})
+    min_improvement: float = field(
+        default=0.0, metadata={"help": "Keep a query's best sample only if its reward beats the greedy one's by more."}
+    )
+    max_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep a query's best sample only if the retriever ranks its target at this place or better (1: "
+            "only rewrites that retrieve the target first). Default: no rank cut."
+        },
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Length of a sampled rewrite."})
+    replay: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Rows files (kept.jsonl; pairs.jsonl for DPO) or the round folders holding them, of earlier runs "
+            "of the same stage with the same prompt: their rows join every round's training, as ReST-EM grows its "
+            "dataset."
+        },
+    )
+    sample_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: GPUs, CPUs "
+            "with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ValueError(
+                f"max_rank must be >= 1 (1 keeps only samples that rank the target first), got {self.max_rank}."
+            )
+        if self.rounds < 1 or self.num_samples < 2:
+            raise ValueError(
+                f"rounds must be >= 1 (got {self.rounds}) and num_samples >= 2 (got {self.num_samples}): the best "
+                "of one sample is just a sample."
+            )
+
+
+@dataclass
+class PreferenceScriptArguments(DistillScriptArguments):
+    """[`DistillScriptArguments`] plus what makes a preference pair.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.configs import PreferenceScriptArguments
+    >>> PreferenceScriptArguments(dataset_name="../shared/data/multi30k").min_margin
+    0.0
+    ```
+    """
+
+    min_margin: float = field(
+        default=0.0,
+        metadata={"help": "Keep a pair only if the chosen rewrite's reward beats the rejected one's by more."},
+    )
+
+
+@dataclass
+class GRAPEConfig(GRPOConfig):
+    """[`~trl.GRPOConfig`] plus grape_hf's sampling options.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.configs import GRAPEConfig
+    >>> args = GRAPEConfig(output_dir="out", use_cpu=True, merged_generation=True)
+    >>> args.generation_dtype
+    'auto'
+    >>> from grape_hf.rewriting.devices import native_bf16
+    >>> args.bf16 == native_bf16("cpu")  # bf16 autocast, when not set, only where bf16 is native
+    True
+    ```
+    """
+
+    merged_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample completions from a merged copy of the LoRA policy in generation_dtype, refreshed before "
+            "each generation round (transformers generation only; vLLM already serves merged weights)."
+        },
+    )
+    generation_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights of the merged sampling copy: 'auto' (bf16 where the device runs it natively: CUDA from "
+            "Ampere on, CPUs with AMX or AVX-512-BF16; else fp32), 'bfloat16', 'float16' or 'float32'."
+        },
+    )
+    lora_autocast_inputs: bool = field(
+        default=False,
+        metadata={
+            "help": "Under bf16 autocast, feed LoRA layers their bf16 inputs as they are instead of letting PEFT "
+            "cast them to the fp32 adapter weights' dtype (autocast casts them back for the matmul): the same "
+            "bf16 matmuls without two activation copies per layer. The adapter weights and their updates stay fp32."
+        },
+    )
+
+    shared_prompt_forward: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute each distinct prompt once per batch in the loss and old-log-probability forwards, and "
+            "let its completions share it through the KV cache "
+            "(grape_hf.training.group_decoding.shared_prompt_logps); the result equals the plain forward's. "
+            "Text-only models without a custom loss path."
+        },
+    )
+
+    pack_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "In the loss and old-log-probability forwards, pack each group's completions after its prompt "
+            "in one sequence with a block mask (grape_hf.training.group_decoding.packed_group_logps): the prompt "
+            "computed once and no work on padding. Needs eager or SDPA attention; text-only models."
+        },
+    )
+    contiguous_lm_head_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the output layer a contiguous input (see "
+            "grape_hf.training.trainer.contiguous_lm_head_inputs): the same logits, without a copy of the vocabulary "
+            "matrix per row in the loss forward. On by default; off reproduces plain GRPOTrainer."
+        },
+    )
+    old_logps_from_sampler: bool = field(
+        default=False,
+        metadata={
+            "help": "With merged_generation and several optimizer steps per generation round, take GRPO's old "
+            "log-probabilities from the sampler (its log-probability of each drawn token, recorded while sampling) "
+            "instead of a second forward of the policy over every completion: the sampler is the policy that drew "
+            "them, so the importance ratio also covers its low-precision copy's difference from the policy."
+        },
+    )
+    group_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "Split a generation round into training batches of whole groups (all completions of a prompt "
+            "together, groups in random order) instead of TRL's shuffle of single completions, so that "
+            "shared_prompt_forward computes each batch's few prompts once. Text-only, single process."
+        },
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # TRL turns bf16 autocast on whenever it is not set; on a CPU without native bf16 that is the slow path.
+            from ..rewriting.devices import native_bf16
+
+            self.bf16 = native_bf16("cpu" if self.use_cpu else None)
+        super().__post_init__()
+        if self.generation_dtype not in ("auto", "bfloat16", "float32", "float16"):
+            raise ValueError(
+                f"generation_dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {self.generation_dtype!r}."
+            )
+        if self.merged_generation and self.use_vllm:
+            raise ValueError("merged_generation samples with transformers; with use_vllm=True vLLM samples already.")
