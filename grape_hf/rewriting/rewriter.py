@@ -94,7 +94,10 @@ class QueryRewriter:
         try:
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenizer(
-                    texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                    texts[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=self.template.add_special_tokens,  # as TRL tokenizes the same prompt
                 ).to(device)
                 new_tokens = generate_rewrite_tokens(
                     self.model,
@@ -103,6 +106,7 @@ class QueryRewriter:
                     batch["attention_mask"],
                     num_rewrites=num_rewrites,
                     do_sample=do_sample,
+                    stop_at_newline=self.template.is_completion,
                     **generation_kwargs,
                 )
                 outputs.extend(decode_rewrites(self.tokenizer, new_tokens))

@@ -60,6 +60,14 @@ class GRAPEScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
     )
+    prompt_format: str = field(
+        default="chat",
+        metadata={
+            "help": "'chat' (instruct models: the tokenizer's chat template) or 'completion' (base models such as "
+            "Gemma 3 270M: the shift's plain-text few-shot prompt, each rewrite one line).",
+            "choices": ["chat", "completion"],
+        },
+    )
     query_column: str = field(default="query", metadata={"help": "Column of the original query."})
     target_column: str = field(default="target_id", metadata={"help": "Column of the right corpus id(s)."})
     reference_column: str = field(
@@ -164,6 +172,14 @@ class SFTScriptArguments(ScriptArguments):
     prompt_template: str | None = field(
         default=None,
         metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+    prompt_format: str = field(
+        default="chat",
+        metadata={
+            "help": "'chat' (instruct models: the tokenizer's chat template) or 'completion' (base models such as "
+            "Gemma 3 270M: the shift's plain-text few-shot prompt, each rewrite one line).",
+            "choices": ["chat", "completion"],
+        },
     )
     query_column: str = field(default="query", metadata={"help": "Column of the query (non-Multi30k datasets)."})
     rewrite_column: str = field(default="rewrite", metadata={"help": "Column of the target rewrite."})
@@ -346,6 +362,14 @@ class GRAPEConfig(GRPOConfig):
             "help": "Split a generation round into training batches of whole groups (all completions of a prompt "
             "together, groups in random order) instead of TRL's shuffle of single completions, so that "
             "shared_prompt_forward computes each batch's few prompts once. Text-only, single process."
+        },
+    )
+    stop_at_newline: bool = field(
+        default=False,
+        metadata={
+            "help": "End each completion at its first newline token (kept, like an EOS), as inference does for a "
+            "completion-format prompt: a base model's rewrite is one line. The GRPO stage sets it from the template; "
+            "transformers generation only."
         },
     )
 

@@ -60,6 +60,8 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         relative=script_args.relative_reward,
     )
     train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
+    if template.is_completion and hasattr(training_args, "stop_at_newline"):
+        training_args.stop_at_newline = True  # a base model's rewrite is one line, in training as at inference
 
     # `dtype: auto` (the recipes' default): bf16 where the training device runs it natively, else fp32.
     dtype = dtype_name(model_args.dtype, training_args.device)

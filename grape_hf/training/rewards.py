@@ -19,6 +19,7 @@ import torch
 
 from ..metrics import MEAN_RANK, prefix_metrics, retrieval_metrics
 from ..retrieval.scorer import RankScorer, RankStats
+from ..rewriting.prompting import clean_rewrite
 
 RewardVariant = Callable[[RankStats], torch.Tensor]
 
@@ -227,7 +228,8 @@ class GRAPERewardFunction:
     def __call__(self, prompts=None, completions=None, log_metric=None, **kwargs) -> list[float]:
         if completions is None:
             raise ValueError("GRAPERewardFunction needs `completions` (TRL passes them).")
-        texts = [completion_text(c) for c in completions]
+        # The rewrite inference would keep (the first line, quotes stripped): training scores what serving returns.
+        texts = [clean_rewrite(completion_text(c)) for c in completions]
         targets = self._column(kwargs, self.target_column, len(texts))
         n = len(self.scorer)
         rewards = torch.full((len(texts),), self.lowest_reward)

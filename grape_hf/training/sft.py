@@ -61,12 +61,16 @@ def load_pairs(script_args: SFTScriptArguments, seed: int = 0, split: str | None
 
 
 def to_sft_dataset(pairs, template: PromptTemplate):
-    """TRL's conversational prompt-completion format: the rewriter's prompt, then the rewrite as the answer.
+    """TRL's prompt-completion format: the rewriter's prompt, then the rewrite as the answer (conversational for a chat
+    template; standard text ending in a newline for a completion template).
 
     `pairs` has `query` and `rewrite` columns, and `reference` when the template is a composed one.
     """
 
     def convert(example):
+        if template.is_completion:  # standard format: the text, then the rewrite as its one line
+            prompt = template.build_prompt(example["query"], example.get("reference"))
+            return {"prompt": prompt, "completion": " " + example["rewrite"].strip() + "\n"}
         return {
             "prompt": template.build_messages(example["query"], example.get("reference")),
             "completion": [{"role": "assistant", "content": example["rewrite"]}],
@@ -89,7 +93,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args):
     from ..rewriting.folder import load_tokenizer
 
     set_seed(training_args.seed)
-    template = get_prompt_template(script_args.shift, script_args.prompt_template)
+    template = get_prompt_template(script_args.shift, script_args.prompt_template, script_args.prompt_format)
     pairs = load_pairs(script_args, seed=training_args.seed)
     evaluates = training_args.eval_strategy != "no"  # an IntervalStrategy, a str enum
     eval_pairs = (

@@ -49,7 +49,9 @@ def stage_template(script_args) -> PromptTemplate:
         previous = RewriterConfig.load(script_args.init_rewriter)
         if previous is not None:
             return PromptTemplate.from_dict(previous.prompt)
-    return get_prompt_template(script_args.shift, script_args.prompt_template)
+    return get_prompt_template(
+        script_args.shift, script_args.prompt_template, getattr(script_args, "prompt_format", None)
+    )
 
 
 def load_split(script_args, split: str, seed: int, corpus_index: int = 1) -> GRAPEData:

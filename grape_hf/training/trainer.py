@@ -99,6 +99,17 @@ class GRAPETrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "contiguous_lm_head_inputs", True):
             contiguous_lm_head_inputs(self.accelerator.unwrap_model(self.model))
+        self._stop_ids: set[int] | None = None
+        if getattr(self.args, "stop_at_newline", False):
+            if self.use_vllm:
+                raise ValueError("stop_at_newline works with transformers generation; with vLLM, pass stop strings.")
+            from ..rewriting.generation import stop_token_ids
+
+            ids = stop_token_ids(self._tokenizer, stop_at_newline=True)
+            self._stop_ids = set(ids)
+            # Decoding stops at a newline too (each row on its own), instead of running on to max_completion_length.
+            self.generation_config.eos_token_id = ids
+            self.generation_kwargs["eos_token_id"] = ids
 
     def _uses_merged_sampler(self) -> bool:
         args = self.args
@@ -224,6 +235,15 @@ class GRAPETrainer(GRPOTrainer):
         return torch.cat(all_logps, dim=0), entropies, None
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        completions, logps = self._sample_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        if self._stop_ids is None:
+            return completions, logps
+        # TRL cuts a completion after the tokenizer's EOS only; a completion-format rewrite ends at its newline.
+        ends = [next((i + 1 for i, t in enumerate(c) if t in self._stop_ids), len(c)) for c in completions]
+        completions = [c[:end] for c, end in zip(completions, ends)]
+        return completions, None if logps is None else [lp[:end] for lp, end in zip(logps, ends)]
+
+    def _sample_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if not self._uses_merged_sampler() or images is not None:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
         from .group_decoding import shared_prefix_generate
@@ -233,8 +253,9 @@ class GRAPETrainer(GRPOTrainer):
         completion_ids, logps = shared_prefix_generate(
             sampler.model, prompt_ids, self.generation_config, self._tokenizer.pad_token_id, return_logps=True
         )
-        # As TRL: keep each completion up to and including its first EOS.
-        is_eos = completion_ids == self._tokenizer.eos_token_id
+        # As TRL: keep each completion up to and including its first EOS (or, with stop_at_newline, a newline).
+        stop = torch.tensor(sorted(self._stop_ids or {self._tokenizer.eos_token_id}), device=completion_ids.device)
+        is_eos = torch.isin(completion_ids, stop)
         eos_idx = torch.full((is_eos.size(0),), is_eos.size(1), dtype=torch.long, device=device)
         eos_idx[is_eos.any(dim=1)] = is_eos.int().argmax(dim=1)[is_eos.any(dim=1)]
         positions = torch.arange(is_eos.size(1), device=device).expand(is_eos.size(0), -1)

@@ -193,6 +193,37 @@ def prefill_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 @torch.no_grad()
+def newline_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens whose text holds a newline (`"\\n"`, `"\\n\\n"`, `".\\n"`, ...): where a completion-format
+    rewrite ends. Computed once per tokenizer.
+
+    Example:
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> from grape_hf.models import smollm2_tokenizer_path
+    >>> from grape_hf.rewriting.generation import newline_token_ids
+    >>> tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_path())
+    >>> tokenizer("a\\nb", add_special_tokens=False).input_ids[1] in newline_token_ids(tokenizer)
+    True
+    ```
+    """
+    cached = getattr(tokenizer, "_grape_newline_ids", None)
+    if cached is not None:
+        return cached
+    # Byte-level BPE vocabularies spell a newline "Ċ"; SentencePiece ones (Gemma) hold it as text.
+    candidates = [i for token, i in tokenizer.get_vocab().items() if "\n" in token or "Ċ" in token]
+    ids = sorted(i for i in candidates if "\n" in tokenizer.decode([i]))
+    tokenizer._grape_newline_ids = ids
+    return ids
+
+
+def stop_token_ids(tokenizer, stop_at_newline: bool) -> list[int]:
+    """The ids that end a rewrite: the tokenizer's EOS, and with `stop_at_newline` every newline token."""
+    eos = tokenizer.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return ids + [i for i in newline_token_ids(tokenizer) if i not in ids] if stop_at_newline else ids
+
+
 def generate_rewrite_tokens(
     model,
     tokenizer,
@@ -200,6 +231,7 @@ def generate_rewrite_tokens(
     attention_mask: torch.Tensor,
     num_rewrites: int = 1,
     generation_config: GenerationConfig | None = None,
+    stop_at_newline: bool = False,
     **generate_kwargs,
 ) -> torch.Tensor:
     """The new tokens of `num_rewrites` rewrites per left-padded prompt (greedy for one, sampled for more).
@@ -207,6 +239,8 @@ def generate_rewrite_tokens(
     Several rewrites of a prompt share one forward of it (its KV cache is repeated), and sampling draws by inverse
     CDF ([`InverseCDFSampler`]) after the config's temperature/top-k/top-p/min-p warpers: the distribution
     `generate`'s sampling draws from, at less cost on a CPU.
+
+    With `stop_at_newline` (completion-format prompts) a rewrite also ends at its first newline token.
 
     With [`decode_rewrites`], the one generation path of grape_hf: [`~grape_hf.rewriting.rewriter.QueryRewriter`], the
     `"grape-rewrite"` pipeline, the evaluation and the R@10 curve callback all come here.
@@ -220,6 +254,8 @@ def generate_rewrite_tokens(
         for key in ("temperature", "top_p", "top_k"):
             generate_kwargs.setdefault(key, None)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    if stop_at_newline and "eos_token_id" not in generate_kwargs:
+        generate_kwargs["eos_token_id"] = stop_token_ids(tokenizer, True)
     model_kwargs = config.update(do_sample=do_sample, num_return_sequences=num_rewrites, **generate_kwargs)
     if config.max_new_tokens is not None:
         config.max_length = None  # max_new_tokens wins; leaving both set only earns a warning

@@ -1,11 +1,79 @@
-"""Prompt rendering: a query (and a reference, for composed queries) into the rewriter's chat prompt, and a generated
+"""Prompt rendering: a query (and a reference, for composed queries) into the rewriter's prompt, and a generated
 rewrite back into a clean query.
+
+A template has a `format`: `"chat"` (the default) renders chat messages through the tokenizer's chat template, for
+instruct models; `"completion"` renders plain text that a base model continues (few-shot lines, no chat template),
+the way TRL's standard, non-conversational prompts are. A completion-format rewrite ends at the first newline. The
+format is stated, never guessed from `tokenizer.chat_template`.
 
 Part of a saved rewriter folder's remote code (see [`~grape_hf.rewriting.folder.add_pipeline_files`]): it imports
 nothing but the standard library.
 """
 
 from __future__ import annotations
+
+import re
+
+PROMPT_FORMATS = ("chat", "completion")
+_FIELDS = re.compile(r"(\{query\}|\{reference\})")
+
+
+def template_format(template: dict) -> str:
+    """A template's `format`: `"chat"` (also when unset) or `"completion"`; anything else is refused."""
+    fmt = template.get("format") or "chat"
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(
+            f"The prompt template's format must be one of {PROMPT_FORMATS}, got {fmt!r}: 'chat' for instruct models "
+            "(the tokenizer's chat template), 'completion' for base models (plain few-shot text)."
+        )
+    return fmt
+
+
+def adds_special_tokens(template: dict) -> bool:
+    """Whether prompts of this template are tokenized with the tokenizer's special tokens (its BOS).
+
+    A chat template writes its own BOS into the text; a completion prompt is plain text, and TRL tokenizes standard
+    prompts with `add_special_tokens=True`, so inference does the same (Gemma is trained with its `<bos>`).
+    """
+    return template_format(template) == "completion"
+
+
+def fill(pattern: str, query: str, reference: str | None = None) -> str:
+    """`pattern` with `{query}` and `{reference}` replaced in one pass, so braces in the query stay as they are.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompting import fill
+    >>> fill("Edit {reference}: {query}", "make it {reference}", "a red cube")
+    'Edit a red cube: make it {reference}'
+    ```
+    """
+    values = {"{query}": query, "{reference}": reference or ""}
+    return "".join(values.get(part, part) for part in _FIELDS.split(pattern))
+
+
+def render_completion(template: dict, query: str, reference: str | None = None) -> str:
+    """The plain-text prompt of a completion-format template: the instruction line (`system`), each example as its
+    filled `user` line followed by a space and its rewrite, then the query's `user` line for the model to continue.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompting import render_completion
+    >>> template = {"format": "completion", "system": "Translate into English.", "user": "Text: {query}\\nEnglish:",
+    ...             "examples": [{"query": "Ein Hund läuft.", "rewrite": "A dog runs."}]}
+    >>> print(render_completion(template, "Zwei Katzen schlafen."))
+    Translate into English.
+    Text: Ein Hund läuft.
+    English: A dog runs.
+    Text: Zwei Katzen schlafen.
+    English:
+    ```
+    """
+    lines = [template["system"]] if template.get("system") else []
+    for example in template.get("examples") or []:
+        lines.append(fill(template["user"], example["query"], example.get("reference")) + " " + example["rewrite"])
+    lines.append(fill(template["user"], query, reference))
+    return "\n".join(lines)
 
 
 def render_messages(template: dict, query: str, reference: str | None = None) -> list[dict[str, str]]:
@@ -24,7 +92,7 @@ def render_messages(template: dict, query: str, reference: str | None = None) ->
     """
 
     def render(text: str, ref: str | None) -> str:
-        return template["user"].replace("{query}", text).replace("{reference}", ref or "")
+        return fill(template["user"], text, ref)
 
     messages = [{"role": "system", "content": template["system"]}] if template.get("system") else []
     for example in template.get("examples") or []:
@@ -35,7 +103,10 @@ def render_messages(template: dict, query: str, reference: str | None = None) ->
 
 
 def render_prompt(tokenizer, template: dict, query: str, reference: str | None = None) -> str:
-    """The prompt text the rewriter generates from (its chat template applied, the generation prompt added)."""
+    """The prompt text the rewriter generates from: for a chat template, the tokenizer's chat template applied with
+    the generation prompt added; for a completion template, [`render_completion`]'s plain text."""
+    if template_format(template) == "completion":
+        return render_completion(template, query, reference)
     messages = render_messages(template, query, reference)
     if tokenizer.chat_template is not None:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
