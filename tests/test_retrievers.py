@@ -132,3 +132,29 @@ def test_unknown_spec_is_a_clear_error(spec):
 def test_unknown_open_clip_arch():
     with pytest.raises(ValueError, match="Unknown open_clip architecture 'not-a-model'"):
         load_retriever("open_clip:not-a-model", device="cpu")
+
+
+def test_encode_text_of_no_texts_is_an_empty_matrix(minilm, tiny_hf_clip):
+    assert minilm.encode_text([]).shape == (0, 384)
+    assert tiny_hf_clip.encode_text([]).shape == (0, 8)
+
+
+def test_a_lone_surrogate_in_a_query_is_refused_by_index(minilm):
+    with pytest.raises(ValueError, match=r"Text 1 \('x\\ud800y'\) is not valid Unicode: .* position 1"):
+        minilm.encode_text(["fine", "x\ud800y"])
+    with pytest.raises(TypeError, match="Text 0 is a int"):
+        minilm.encode_text([3])
+
+
+def test_identity_covers_the_settings_and_is_stable(tiny_open_clip, tiny_hf_clip, tmp_path):
+    retriever, _ = tiny_open_clip
+    for r in (retriever, tiny_hf_clip):
+        first = r.identity()
+        assert sorted(first) == ["fingerprint", "settings", "spec"]
+        with pytest.warns(UserWarning, match="longer than"):
+            r.encode_text(["a long text " * 30])  # tokenizers set truncation per call: not part of the identity
+        assert r.identity() == first
+    reloaded = load_retriever(tiny_hf_clip.spec, device="cpu")
+    assert reloaded.identity() == tiny_hf_clip.identity()
+    reloaded.max_text_tokens = 8  # another maximum length embeds differently
+    assert reloaded.identity()["settings"] != tiny_hf_clip.identity()["settings"]
