@@ -390,7 +390,8 @@ class CLIPRankScorer:
     def search(self, queries, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-`k` corpus items per query: `(scores, ids)`, each `(Q, k)`, best first (chunked).
 
-        A degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf`.
+        A degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf` and its ids
+        the placeholders `0..k-1` ([`~grape_hf.index.CorpusIndex.search`] answers the same).
         """
         q = self.embed_queries(queries)
         degenerate = degenerate_rows(q)
@@ -406,4 +407,5 @@ class CLIPRankScorer:
             best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
             best_ids = best_ids.gather(1, order)
         best_scores[degenerate] = -float("inf")
+        best_ids[degenerate] = torch.arange(k)
         return best_scores, best_ids
