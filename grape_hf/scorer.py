@@ -92,6 +92,7 @@ def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[l
             t = t.tolist()
         many = isinstance(t, Sequence | Iterable) and not isinstance(t, str | bytes)
         ids = [_as_target_id(i, qi) for i in t] if many else [_as_target_id(t, qi)]
+        ids = list(dict.fromkeys(ids))  # a repeated id would be subtracted twice from the non-target mean
         if not ids:
             raise ValueError(f"Query {qi} has an empty list of target ids; give at least one relevant corpus id.")
         for i in ids:
