@@ -172,3 +172,15 @@ def test_an_index_of_another_retriever_setting_is_refused(saved):
     index = CorpusIndex.load(folder)
     with pytest.raises(ValueError, match="built for retriever settings '[0-9a-f]{64}', but the scorer uses 'x'"):
         index.check_matches(dict(scorer.identity, settings="x"))
+
+
+def test_cli_index_build_without_recall_queries(multi30k_path, tmp_path, capsys):
+    out = tmp_path / "index"
+    args = ["index", "build", "--dataset", str(multi30k_path), "--max_images", "30", "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*args, "--recall_queries", "0"]) == 0
+    assert "recall not measured (--recall_queries 0)" in capsys.readouterr().out
+    assert len(CorpusIndex.load(out)) == 30 and CorpusIndex.load(out).info["recall_queries"] == 0
+    with pytest.raises(SystemExit):
+        main([*args, "--recall_queries", "-1"])
+    assert "--recall_queries must be a number >= 0, got -1" in capsys.readouterr().err
