@@ -1,5 +1,7 @@
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -177,17 +179,42 @@ def test_a_cache_of_the_old_format_is_rebuilt_not_trusted(minilm, tmp_path):
     torch.testing.assert_close(again.corpus_embeddings, first.corpus_embeddings)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions (root ignores them)")
-def test_a_read_only_folder_serves_a_valid_cache(minilm, tmp_path):
-    first = CLIPRankScorer(minilm, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
-    (tmp_path / "cache").chmod(0o555)
+@contextlib.contextmanager
+def _read_only(folder):
+    """Make a folder read-only for this process: `chmod`, or for root (which ignores modes) the immutable flag."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("running as root without chattr: cannot make a folder read-only")
     try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions")
+def test_a_read_only_folder_serves_a_valid_cache(minilm, multi30k_path, tmp_path, capsys):
+    from grape_hf.cli import main
+
+    first = CLIPRankScorer(minilm, CORPUS, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    argv = ["evaluate", "--dataset", str(multi30k_path), "--max_images", "10", "--cache_dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    with _read_only(tmp_path / "cache"):
+        assert not os.access(tmp_path / "cache", os.W_OK)
         again = CLIPRankScorer(minilm, CORPUS, cache_dir=tmp_path / "cache")
         assert again.cache_hit is True and torch.equal(again.corpus_embeddings, first.corpus_embeddings)
+        assert main(argv) == 0  # the CLI reads it too
+        assert "| original query |" in capsys.readouterr().out
         with pytest.raises(ValueError, match="is not writable and holds no cache of this corpus"):
             CLIPRankScorer(minilm, ["another corpus"], cache_dir=tmp_path / "cache")
-    finally:
-        (tmp_path / "cache").chmod(0o755)
+        with pytest.raises(SystemExit):
+            main([*argv[:-3], "11", *argv[-2:]])  # another corpus: refused before embedding, as a usage error
+        assert "is not writable and holds no cache of this corpus" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE is POSIX")
