@@ -9,6 +9,31 @@ import tempfile
 from pathlib import Path
 
 
+class UsageError(Exception):
+    """A bad argument found while running (a dataset that cannot be loaded, an unknown split or retriever): shown
+    as a one-line usage error (exit code 2), not a traceback."""
+
+
+def _usage(flag: str | None, fn, *args, **kwargs):
+    """Run `fn`, reporting a ValueError or OSError (the dataset or model is missing or wrong) as a usage error."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{flag}: {err}" if flag else str(err)) from err
+
+
+def _check_count(flag: str, value: int | None, least: int = 1) -> None:
+    if value is not None and value < least:
+        what = "a positive number" if least == 1 else f"a number >= {least}"
+        raise ValueError(f"{flag} must be {what}, got {value}.")
+
+
+def _check_retriever_spec(spec: str) -> None:
+    from .retrieval.retrievers import parse_retriever_spec
+
+    parse_retriever_spec(spec)
+
+
 def _rewriter_entries(entries: list[str] | None) -> dict[str, str]:
     """`--rewriter` values as name -> path, refusing a name given twice (the second used to replace the first)."""
     named: dict[str, str] = {}
@@ -38,13 +63,21 @@ def _check_writable_dir(flag: str, folder: str | Path) -> None:
 
 def _check_evaluate(args: argparse.Namespace) -> None:
     """Everything that can be checked before the (long) embedding and rewriting, so no result is lost to it."""
+    from .evaluation import check_result_paths
     from .models import cache_home
     from .retrieval.cache import check_cache_dir
 
     _rewriter_entries(args.rewriter)
+    _check_retriever_spec(args.retriever)
+    for flag, value in (("--max_samples", args.max_samples), ("--max_images", args.max_images)):
+        _check_count(flag, value)
+    for flag, value in (("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens)):
+        _check_count(flag, value)
     if args.output_dir:
         _check_writable_dir("--output_dir", args.output_dir)
-    check_cache_dir(args.cache_dir or cache_home() / "corpus_embeddings")
+        check_result_paths(args.output_dir, args.name)
+    # Reading a valid cache needs no write access; the scorer refuses an unwritable folder before embedding.
+    check_cache_dir(args.cache_dir or cache_home() / "corpus_embeddings", writable=False)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -57,9 +90,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .rewriting.rewriter import QueryRewriter
 
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
-    data = load_grape_dataset(args.dataset, split=args.split, max_queries=args.max_samples, seed=args.seed, **extra)
-    retriever = load_retriever(args.retriever)
-    scorer = RankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
+    data = _usage(
+        "--dataset", load_grape_dataset, args.dataset, split=args.split, max_queries=args.max_samples, seed=args.seed,
+        **extra,
+    )  # fmt: skip
+    retriever = _usage("--retriever", load_retriever, args.retriever)
+    cache_dir = args.cache_dir or cache_home() / "corpus_embeddings"
+    scorer = _usage(None, RankScorer, retriever, data.corpus, cache_dir=cache_dir)
     rewriters = {}
     for name, path in _rewriter_entries(args.rewriter).items():
         if path == "none":
@@ -91,9 +128,13 @@ def _check_index_build(args: argparse.Namespace) -> None:
     from .retrieval.cache import check_cache_dir
     from .retrieval.index import _faiss
 
+    _check_retriever_spec(args.retriever)
+    _check_count("--max_images", args.max_images)
+    _check_count("--recall_queries", args.recall_queries, least=0)
+    _check_count("--flat_limit", args.flat_limit, least=0)
     _check_writable_dir("--output_dir", args.output_dir)
     if args.cache_dir:
-        check_cache_dir(args.cache_dir)
+        check_cache_dir(args.cache_dir, writable=False)
     try:
         _faiss()
     except ImportError as err:
@@ -108,9 +149,10 @@ def _index_build(args: argparse.Namespace) -> int:
     from .retrieval.scorer import RankScorer
 
     extra = {"max_images": args.max_images, "task": args.multi30k_task} if is_multi30k_dir(args.dataset) else {}
-    data = load_grape_dataset(args.dataset, split=args.split, **extra)
-    retriever = load_retriever(args.retriever)
-    scorer = RankScorer(retriever, data.corpus, cache_dir=args.cache_dir or cache_home() / "corpus_embeddings")
+    data = _usage("--dataset", load_grape_dataset, args.dataset, split=args.split, **extra)
+    retriever = _usage("--retriever", load_retriever, args.retriever)
+    cache_dir = args.cache_dir or cache_home() / "corpus_embeddings"
+    scorer = _usage(None, RankScorer, retriever, data.corpus, cache_dir=cache_dir)
     index = CorpusIndex.build(
         scorer.corpus_embeddings,
         scorer.identity,
@@ -118,16 +160,19 @@ def _index_build(args: argparse.Namespace) -> int:
         flat_limit=args.flat_limit,
         approximate=args.approximate,
     )
-    # Recall@10 of the index against exact search, on the split's own queries.
+    # Recall@10 of the index against exact search, on the split's own queries (none: not measured).
     queries = scorer.embed_queries(list(data.queries["query"])[: args.recall_queries])
-    _, exact_ids = scorer.search(queries, k=10)
-    index.info["recall@10_vs_exact"] = index.recall_at_k(queries, exact_ids, k=10)
+    if len(queries):
+        _, exact_ids = scorer.search(queries, k=10)
+        index.info["recall@10_vs_exact"] = index.recall_at_k(queries, exact_ids, k=10)
     index.info["recall_queries"] = len(queries)
     index.save(args.output_dir)
-    print(
-        f"{index.kind} index of {len(index)} items ({args.retriever}) written to {args.output_dir}; "
+    recall = (
         f"recall@10 against exact search on {len(queries)} queries: {index.info['recall@10_vs_exact']:.4f}"
+        if len(queries)
+        else "recall not measured (--recall_queries 0)"
     )
+    print(f"{index.kind} index of {len(index)} items ({args.retriever}) written to {args.output_dir}; {recall}")
     return 0
 
 
@@ -245,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             check(args)
         except ValueError as err:
             parser.error(f"{args.command}: {err}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        parser.error(f"{args.command}: {err}")
 
 
 if __name__ == "__main__":

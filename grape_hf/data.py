@@ -40,6 +40,14 @@ def is_multi30k_dir(path: str | Path) -> bool:
     return (path / "task1").is_dir() or (path / "task2").is_dir()
 
 
+def check_count(name: str, value: int | None, what: str) -> None:
+    """Refuse a subset size that is not a positive whole number (`None` keeps everything)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive number of {what} (or None for all), got {value!r}.")
+
+
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise ValueError(f"Multi30k file {path} is missing; is {path.parents[1]} a Multi30k folder?")
@@ -83,6 +91,8 @@ def load_multi30k(
     from datasets import Dataset
 
     path = Path(path)
+    check_count("max_images", max_images, "images")
+    check_count("max_queries", max_queries, "queries")
     if split not in MULTI30K_SPLITS:
         raise ValueError(f"Unknown Multi30k split {split!r}; choose one of {sorted(MULTI30K_SPLITS)}.")
     name = MULTI30K_SPLITS[split]
@@ -149,6 +159,7 @@ def load_grape_dataset(
         max_queries (`int`, *optional*): Keep a seeded random subset of queries.
         multi30k_kwargs: Passed to [`load_multi30k`] for a Multi30k folder (`task`, `query_lang`, `max_images`, ...).
     """
+    check_count("max_queries", max_queries, "queries")
     if is_multi30k_dir(name_or_path):
         return load_multi30k(name_or_path, split=split, max_queries=max_queries, seed=seed, **multi30k_kwargs)
     if multi30k_kwargs:
@@ -161,7 +172,13 @@ def load_grape_dataset(
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         dataset_dict = datasets.load_from_disk(str(path))
     else:
-        dataset_dict = datasets.load_dataset(name_or_path)
+        try:
+            dataset_dict = datasets.load_dataset(name_or_path)
+        except OSError as err:  # FileNotFoundError, DatasetNotFoundError, ConnectionError (offline)
+            raise ValueError(
+                f"Cannot load the dataset {name_or_path!r}: it is not a Multi30k folder nor a folder saved with "
+                f"`save_to_disk`, and `datasets.load_dataset` failed ({err}). Check the path or the Hub id."
+            ) from err
     if not isinstance(dataset_dict, datasets.DatasetDict):
         raise ValueError(f"{name_or_path!r} holds a single split; GRAPE needs a query split and a corpus split.")
     if split not in dataset_dict:

@@ -19,6 +19,7 @@ __all__ = [
     "evaluate_rewriters",
     "markdown_table",
     "save_results",
+    "check_result_paths",
 ]
 
 
@@ -95,6 +96,46 @@ def _fmt(value) -> str:
     return f"{value:.3f}"
 
 
+def result_paths(output_dir: str | Path, name: str = "evaluation", rewrites: bool = True) -> dict[str, Path]:
+    """The files [`save_results`] writes for `name` under `output_dir`. `name` may hold subfolders (`runs/first`)
+    but must stay inside `output_dir`."""
+    parts = Path(name).parts
+    if not name or name.endswith(("/", "\\")) or Path(name).is_absolute() or ".." in parts or not parts:
+        raise ValueError(
+            f"name {name!r} is not a file name inside the output folder; give a name such as 'evaluation' or "
+            "'runs/first' (no absolute path, no '..', no trailing slash)."
+        )
+    base = Path(output_dir) / name
+    paths = {"markdown": base.with_name(base.name + ".md"), "json": base.with_name(base.name + ".json")}
+    if rewrites:
+        paths["rewrites"] = base.with_name(base.name + "_rewrites.json")
+    paths["png"] = base.with_name(base.name + ".png")
+    return paths
+
+
+def check_result_paths(output_dir: str | Path, name: str = "evaluation", rewrites: bool = True) -> dict[str, Path]:
+    """Make sure every file [`save_results`] will write can be written, before the (long) evaluation: create the
+    folders, and try each file name (too long, a folder in the way, no permission). Returns the paths."""
+    paths = result_paths(output_dir, name, rewrites)
+    for path in paths.values():
+        try:
+            if path.is_dir():
+                raise ValueError(f"Cannot write {str(path)!r}: a folder is in the way; give another name.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                with open(path, "ab"):
+                    pass
+            else:
+                with open(path, "xb"):
+                    pass
+                path.unlink()
+        except OSError as err:
+            raise ValueError(
+                f"Cannot write {str(path)!r} ({err.strerror or err}); give a writable output folder and a valid name."
+            ) from err
+    return paths
+
+
 def save_results(
     results: dict[str, dict[str, float]],
     output_dir: str | Path,
@@ -103,19 +144,20 @@ def save_results(
     rewrites: dict[str, list[str]] | None = None,
 ) -> dict[str, Path]:
     """Write `<name>.md`, `<name>.json` (method -> metric -> value) and `<name>.png` (a bar chart, if matplotlib is
-    installed) to `output_dir`; returns the paths written."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    installed) to `output_dir`, creating the folders (`name` may hold subfolders, e.g. `runs/first`); returns the
+    paths written. [`check_result_paths`] checks them beforehand."""
+    planned = result_paths(output_dir, name, rewrites is not None)
+    planned["markdown"].parent.mkdir(parents=True, exist_ok=True)
     paths = {}
     table = markdown_table(results)
-    paths["markdown"] = output_dir / f"{name}.md"
+    paths["markdown"] = planned["markdown"]
     paths["markdown"].write_text((f"## {title}\n\n" if title else "") + table + "\n")
-    paths["json"] = output_dir / f"{name}.json"
+    paths["json"] = planned["json"]
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     if rewrites is not None:
-        paths["rewrites"] = output_dir / f"{name}_rewrites.json"
+        paths["rewrites"] = planned["rewrites"]
         paths["rewrites"].write_text(json.dumps(rewrites, indent=2, ensure_ascii=False) + "\n")
-    png = bar_chart(results, output_dir / f"{name}.png", title=title)
+    png = bar_chart(results, planned["png"], title=title)
     if png is not None:
         paths["png"] = png
     return paths

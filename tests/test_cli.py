@@ -137,3 +137,53 @@ def test_shapes_task_is_saved_for_dataset_name_and_not_over_a_folder(tmp_path, c
         with pytest.raises(SystemExit):
             main(["shapes-task", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_a_name_with_a_subfolder_is_written_not_lost(multi30k_path, tmp_path, capsys):
+    argv = ["evaluate", "--dataset", str(multi30k_path), "--max_images", "20", "--rewriter", "none"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--name", "runs/first", "--cache_dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    assert "| original query |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "runs" / "first.md").read_text().startswith("## multi30k")
+    assert json.loads((tmp_path / "out" / "runs" / "first.json").read_text())["original query"]["R@10"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("x" * 300, "Cannot write .* \\(File name too long\\)"),
+        ("../outside", "name '../outside' is not a file name inside the output folder"),
+        ("runs/", "name 'runs/' is not a file name inside the output folder"),
+    ],
+)
+def test_a_bad_output_name_fails_before_anything_runs(tmp_path, capsys, name, message):
+    import re
+
+    err = _evaluate_error(capsys, "--output_dir", str(tmp_path), "--name", name)
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max_samples", "-1"), ("--max_samples", "0"), ("--max_images", "-5"), ("--batch_size", "0")]
+)
+def test_a_non_positive_count_fails_before_anything_runs(capsys, flag, value):
+    err = _evaluate_error(capsys, flag, value)
+    assert f"{flag} must be a positive number, got {value}" in err
+
+
+def test_a_missing_dataset_unknown_split_or_bad_retriever_is_a_usage_error(multi30k_path, capsys):
+    err = _evaluate_error(capsys)  # /nonexistent/dataset
+    assert "error: evaluate: --dataset: Cannot load the dataset '/nonexistent/dataset'" in err
+    assert "Traceback" not in err
+    for argv, message in (
+        (["--dataset", str(multi30k_path), "--split", "test"], "--dataset: Unknown Multi30k split 'test'"),
+        (["--dataset", str(multi30k_path), "--retriever", "faiss:foo"], "Unknown retriever spec 'faiss:foo'"),
+        (["--dataset", str(multi30k_path), "--max_images", "5", "--retriever", "st:/nonexistent/model"],
+         "--retriever: "),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert len(err.strip().splitlines()) == 2  # the usage line and the error line

@@ -88,3 +88,17 @@ def test_reward_corpus_descriptions_rank_images_by_their_mean_description(minilm
         build_scorer(minilm, load_split(task1, "train", 0), task1, seed=0)
     with pytest.raises(ValueError, match="reward_corpus_descriptions must be 1-5"):
         GRAPEScriptArguments(dataset_name=str(multi30k_path), reward_corpus_descriptions=6)
+
+
+@pytest.mark.parametrize(("arg", "value"), [("max_queries", -1), ("max_queries", 0), ("max_images", -5)])
+def test_a_non_positive_subset_size_is_refused(multi30k_path, arg, value):
+    with pytest.raises(ValueError, match=f"{arg} must be a positive number of .*, got {value}"):
+        load_multi30k(multi30k_path, split="validation", **{arg: value})
+    if arg == "max_queries":
+        with pytest.raises(ValueError, match=f"max_queries must be a positive number of queries .*, got {value}"):
+            load_grape_dataset(str(multi30k_path), split="validation", max_queries=value)
+
+
+def test_a_missing_dataset_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"Cannot load the dataset '.*nowhere'.*Check the path or the Hub id"):
+        load_grape_dataset(str(tmp_path / "nowhere"))

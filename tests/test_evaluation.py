@@ -27,3 +27,15 @@ def test_evaluate_and_save(minilm, tmp_path):
     assert paths["markdown"].read_text().startswith("## toy\n\n| method | R@1")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "| none | 0.667 |" in markdown_table({"none": metrics})
+
+
+def test_results_under_a_subfolder_name_are_written_and_checked_first(tmp_path):
+    from grape_hf.evaluation import check_result_paths
+
+    planned = check_result_paths(tmp_path, "runs/first")
+    assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").iterdir())  # folders made, files not yet
+    paths = save_results({"none": {"R@1": 0.5}}, tmp_path, name="runs/first", rewrites={"none": ["q"]})
+    assert paths == planned and paths["markdown"] == tmp_path / "runs" / "first.md"
+    (tmp_path / "taken.json").mkdir()
+    with pytest.raises(ValueError, match="taken.json': a folder is in the way"):
+        check_result_paths(tmp_path, "taken")

@@ -80,3 +80,107 @@ def test_cli_index_build_on_multi30k(multi30k_path, tmp_path, capsys, minilm):
     with pytest.raises(SystemExit):
         main(["index", "build", "--dataset", "/nonexistent", "--output_dir", str(blocker)])
     assert f"--output_dir '{blocker}' is a file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def saved(minilm, tmp_path):
+    """A small flat index saved to a folder, and the scorer it belongs to."""
+    torch.manual_seed(0)
+    scorer = RankScorer.from_embeddings(minilm, torch.nn.functional.normalize(torch.randn(40, 384), dim=-1))
+    folder = CorpusIndex.build(scorer.corpus_embeddings, scorer.identity).save(tmp_path / "index")
+    return scorer, folder
+
+
+def test_a_rebuild_killed_between_its_files_is_refused(saved, tmp_path):
+    scorer, folder = saved
+    other = RankScorer.from_embeddings(scorer.retriever, scorer.corpus_embeddings[:30])
+    CorpusIndex.build(other.corpus_embeddings, other.identity).save(tmp_path / "other")
+    # What the old save left when killed after index.faiss: the new FAISS file next to the old index.json.
+    (folder / "index.faiss").write_bytes((tmp_path / "other" / "index.faiss").read_bytes())
+    with pytest.raises(ValueError, match=r"index.faiss does not match the SHA-256 that index.json names"):
+        CorpusIndex.load(folder)
+    # The new save removes index.json first and writes it last: a folder without it is no index.
+    (folder / "index.json").unlink()
+    with pytest.raises(ValueError, match="holds no grape_hf index"):
+        CorpusIndex.load(folder)
+    assert len(CorpusIndex.load(CorpusIndex.build(scorer.corpus_embeddings, scorer.identity).save(folder))) == 40
+
+
+def _rewrite_ids(folder, ids, fix_hash):
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save({"ids": ids})
+    (folder / "index.safetensors").write_bytes(data)
+    if fix_hash:  # a deliberate edit, hash updated too: the ids themselves must still be checked
+        meta = json.loads((folder / "index.json").read_text())
+        meta["files"]["index.safetensors"] = hashlib.sha256(data).hexdigest()
+        (folder / "index.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("fix_hash", [False, True])
+def test_edited_ids_are_refused(saved, fix_hash):
+    _, folder = saved
+    _rewrite_ids(folder, torch.arange(40).flip(0) if not fix_hash else torch.arange(40) + 5, fix_hash)
+    message = "not a permutation of the corpus positions 0..39" if fix_hash else "index.safetensors does not match"
+    with pytest.raises(ValueError, match=message):
+        CorpusIndex.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate faiss", "index.faiss does not match the SHA-256"),
+        ("remove faiss", "has index.json but no index.faiss"),
+        ("no identity", "has no valid 'identity'"),
+        ("bad json", r"index.json is not valid JSON"),
+        ("old format", "has format 1, not 2"),
+    ],
+)
+def test_a_damaged_index_folder_is_a_clear_error(saved, damage, message):
+    _, folder = saved
+    meta = json.loads((folder / "index.json").read_text())
+    if damage == "truncate faiss":
+        (folder / "index.faiss").write_bytes((folder / "index.faiss").read_bytes()[:100])
+    elif damage == "remove faiss":
+        (folder / "index.faiss").unlink()
+    elif damage == "no identity":
+        (folder / "index.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "identity"}))
+    elif damage == "bad json":
+        (folder / "index.json").write_text('{"format": 2, ')
+    else:  # written by grape_hf before index.json held file hashes
+        (folder / "index.json").write_text(json.dumps({"identity": meta["identity"], "kind": "flat", "size": 40}))
+    with pytest.raises(ValueError, match=message) as info:
+        CorpusIndex.load(folder)
+    assert "rebuild it with `grape-hf index build`" in str(info.value)
+
+
+def test_degenerate_queries_match_nothing_in_the_index_as_in_exact_search(saved):
+    scorer, folder = saved
+    index = CorpusIndex.load(folder)
+    queries = torch.stack([torch.full((384,), float("nan")), torch.zeros(384), scorer.corpus_embeddings[5]])
+    exact_scores, exact_ids = scorer.search(queries, k=4)
+    scores, ids = index.search(queries, k=4)
+    assert torch.equal(ids, exact_ids) and ids[:2].tolist() == [[0, 1, 2, 3]] * 2 and ids[2, 0] == 5
+    assert torch.isinf(scores[:2]).all() and (scores[:2] < 0).all() and torch.equal(scores[:2], exact_scores[:2])
+    assert index.search(queries[:0], k=4)[1].shape == (0, 4)
+
+
+def test_an_index_of_another_retriever_setting_is_refused(saved):
+    scorer, folder = saved
+    index = CorpusIndex.load(folder)
+    with pytest.raises(ValueError, match="built for retriever settings '[0-9a-f]{64}', but the scorer uses 'x'"):
+        index.check_matches(dict(scorer.identity, settings="x"))
+
+
+def test_cli_index_build_without_recall_queries(multi30k_path, tmp_path, capsys):
+    out = tmp_path / "index"
+    args = ["index", "build", "--dataset", str(multi30k_path), "--max_images", "30", "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*args, "--recall_queries", "0"]) == 0
+    assert "recall not measured (--recall_queries 0)" in capsys.readouterr().out
+    assert len(CorpusIndex.load(out)) == 30 and CorpusIndex.load(out).info["recall_queries"] == 0
+    with pytest.raises(SystemExit):
+        main([*args, "--recall_queries", "-1"])
+    assert "--recall_queries must be a number >= 0, got -1" in capsys.readouterr().err

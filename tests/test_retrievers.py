@@ -152,3 +152,29 @@ def test_open_clip_text_pieces_count_what_its_tokenizer_encodes(tiny_open_clip):
     assert sum(tokens for _, _, tokens in pieces) == len(retriever.tokenizer.encode(text))
     assert [text[start:end] for start, end, _ in pieces][:4] == ["a", "small", "red", "circle"]
     assert retriever.text_context_length == retriever.max_text_tokens - 2
+
+
+def test_encode_text_of_no_texts_is_an_empty_matrix(minilm, tiny_hf_clip):
+    assert minilm.encode_text([]).shape == (0, 384)
+    assert tiny_hf_clip.encode_text([]).shape == (0, 8)
+
+
+def test_a_lone_surrogate_in_a_query_is_refused_by_index(minilm):
+    with pytest.raises(ValueError, match=r"Text 1 \('x\\ud800y'\) is not valid Unicode: .* position 1"):
+        minilm.encode_text(["fine", "x\ud800y"])
+    with pytest.raises(TypeError, match="Text 0 is a int"):
+        minilm.encode_text([3])
+
+
+def test_identity_covers_the_settings_and_is_stable(tiny_open_clip, tiny_hf_clip, tmp_path):
+    retriever, _ = tiny_open_clip
+    for r in (retriever, tiny_hf_clip):
+        first = r.identity()
+        assert sorted(first) == ["fingerprint", "settings", "spec"]
+        with pytest.warns(UserWarning, match="longer than"):
+            r.encode_text(["a long text " * 30])  # tokenizers set truncation per call: not part of the identity
+        assert r.identity() == first
+    reloaded = load_retriever(tiny_hf_clip.spec, device="cpu")
+    assert reloaded.identity() == tiny_hf_clip.identity()
+    reloaded.max_text_tokens = 8  # another maximum length embeds differently
+    assert reloaded.identity()["settings"] != tiny_hf_clip.identity()["settings"]

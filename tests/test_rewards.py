@@ -221,3 +221,44 @@ def test_same_metric_keys_when_every_completion_is_empty(scorer):
     reward(completions=["", "\u200b"], target_id=[0, 1])
     assert set(reward.last_metrics) == keys
     assert reward.last_metrics["grape/mean_rank"] == 4 and reward.last_metrics["grape/R@10"] == 0
+
+
+def mean_rank_reward(stats):
+    """A user's variant that returns one number for the whole batch (a mistake)."""
+    return -stats.ranks.float().mean()
+
+
+def first_two_reward(stats):
+    return [1.0, 0.5]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_variant_that_returns_one_number_is_refused_not_broadcast(scorer, relative):
+    completions = ["two men play chess", "a dog", "a red car"]
+    kwargs = {"target_id": [1, 1, 1], "query": ["Schach"] * 3}
+    with pytest.raises(
+        ValueError, match=r"'mean_rank_reward' returned a single number \(-\d+\.?\d*\) for 3 completions"
+    ):
+        GRAPERewardFunction(scorer, reward=mean_rank_reward, relative=relative)(completions=completions, **kwargs)
+    with pytest.raises(ValueError, match=r"'first_two_reward' returned 2 values for 3 completions"):
+        GRAPERewardFunction(scorer, reward=first_two_reward)(completions=completions, **kwargs)
+
+
+def test_duplicate_target_ids_do_not_skew_the_nontarget_similarity(scorer):
+    once = scorer.rank_stats(["men playing chess"], [[1]])
+    repeated = scorer.rank_stats(["men playing chess"], [[1, 1, 1, 1]])
+    torch.testing.assert_close(repeated.nontarget_similarity, once.nontarget_similarity)
+    assert repeated.ranks.tolist() == once.ranks.tolist()
+
+
+def test_a_multi_message_completion_keeps_its_words_apart(scorer):
+    from grape_hf.training.rewards import completion_text
+
+    messages = [{"role": "assistant", "content": "two men"}, {"role": "assistant", "content": "play chess"}]
+    assert completion_text(messages) == "two men\nplay chess"
+    parts = [
+        {"role": "assistant", "content": [{"type": "text", "text": "two men"}, {"type": "text", "text": "chess"}]}
+    ]
+    assert completion_text(parts) == "two men\nchess"
+    reward = GRAPERewardFunction(scorer, reward="similarity")
+    assert reward(completions=[messages], target_id=[1]) == reward(completions=["two men\nplay chess"], target_id=[1])

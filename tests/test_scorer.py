@@ -90,9 +90,11 @@ def test_corpus_cache_is_reused_and_rebuilt(minilm, tmp_path):
     # A cache hit must not re-embed: prove it by planting different (valid) embeddings in the file.
     from safetensors.torch import save_file
 
+    from grape_hf.retrieval.cache import CorpusCache
+
     planted = torch.nn.functional.normalize(torch.ones(3, 384), dim=-1)
-    identity = {"spec": minilm.spec, "fingerprint": minilm.fingerprint()}
-    save_file({"embeddings": planted}, str(files[0]), metadata=identity)
+    identity = first.identity
+    assert CorpusCache(tmp_path).save(CorpusCache.key(identity), planted, identity) == files[0]
     assert torch.equal(RankScorer(minilm, corpus, cache_dir=tmp_path).corpus_embeddings, planted)
     # Another corpus gets another file.
     RankScorer(minilm, corpus + ["a fish"], cache_dir=tmp_path, show_progress_bar=False)

@@ -4,9 +4,12 @@ searches it.
 Inner product on unit vectors (cosine similarity, as the scorer ranks). Below `flat_limit` items the index is exact
 (`IndexFlatIP`); above it, approximate: IVF (`IndexIVFFlat`, `nlist ~ 4 sqrt(N)` lists, `nprobe` probed) or HNSW
 (`IndexHNSWFlat`). The folder holds `index.faiss`, `index.safetensors` (the corpus id of each row) and `index.json`:
-the retriever's identity (spec and weight fingerprint), the corpus hash and the measured recall@10 against exact
-search. An index built with another retriever or corpus is refused. Training still ranks exactly with the scorer:
-the index only serves search.
+the retriever's identity (spec, weight fingerprint and settings hash, see
+[`~grape_hf.retrieval.retrievers.Retriever.identity`]), the corpus hash, the measured recall@10 against exact search,
+and the SHA-256 of the two other files. `index.json` is written last (and removed first), so a build killed half-way leaves
+a folder that is refused, not one that mixes two builds. Loading checks the files against their hashes and the ids
+(a permutation of the corpus positions); an index built with another retriever or corpus is refused. Training still
+ranks exactly with the scorer: the index only serves search.
 
 Needs the `faiss` extra (`pip install grape_hf[faiss]`).
 
@@ -15,14 +18,26 @@ Needs the `faiss` extra (`pip install grape_hf[faiss]`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+#: The layout of `index.json`; format 1 (no file hashes, no retriever settings) is refused: rebuild it.
+INDEX_FORMAT = 2
+INDEX_FILES = ("index.faiss", "index.safetensors")
+IDENTITY_FIELDS = (
+    ("spec", "retriever"),
+    ("fingerprint", "retriever weights"),
+    ("settings", "retriever settings"),
+    ("corpus", "corpus"),
+)
 
 
 def _faiss():
@@ -41,7 +56,8 @@ class CorpusIndex:
     >>> import torch
     >>> from grape_hf.retrieval.index import CorpusIndex
     >>> emb = torch.nn.functional.normalize(torch.randn(500, 16, generator=torch.Generator().manual_seed(0)), dim=1)
-    >>> index = CorpusIndex.build(emb, {"spec": "st:demo", "fingerprint": "f00d", "corpus": "c0ffee"})
+    >>> identity = {"spec": "st:demo", "fingerprint": "f00d", "settings": "5e77", "corpus": "c0ffee"}
+    >>> index = CorpusIndex.build(emb, identity)
     >>> index.kind, index.search(emb[[7]], k=1)[1].tolist()
     ('flat', [[7]])
     ```
@@ -101,22 +117,37 @@ class CorpusIndex:
         return cls(index, torch.arange(n), identity, kind, info)
 
     def search(self, queries: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-`k` `(scores, ids)` per query, best first, like [`~grape_hf.RankScorer.search`]."""
-        q = np.ascontiguousarray(torch.nn.functional.normalize(queries.float(), dim=-1).numpy())
-        scores, rows = self.index.search(q, min(k, len(self)))
-        rows = torch.from_numpy(rows)
+        """Top-`k` `(scores, ids)` per query, best first, like [`~grape_hf.RankScorer.search`].
+
+        As there, a degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf`
+        and its ids the placeholders `0..k-1`. Where an approximate index finds fewer than `k` items, the missing
+        places have id `-1` and score `-inf`.
+        """
+        from .scorer import degenerate_rows
+
+        queries = queries.float()
+        degenerate = degenerate_rows(queries)
+        q = torch.nn.functional.normalize(torch.where(degenerate[:, None], 0.0, queries), dim=-1)
+        k = min(k, len(self))
+        scores, rows = self.index.search(np.ascontiguousarray(q.numpy()), k)
+        scores, rows = torch.from_numpy(scores), torch.from_numpy(rows)
         ids = torch.where(rows >= 0, self.ids[rows.clamp(min=0)], -1)
-        return torch.from_numpy(scores), ids
+        scores = torch.where(rows >= 0, scores, -torch.inf)
+        scores[degenerate] = -torch.inf
+        ids[degenerate] = torch.arange(k)
+        return scores, ids
 
     def recall_at_k(self, queries: torch.Tensor, exact_ids: torch.Tensor, k: int = 10) -> float:
         """Mean fraction of the exact top-`k` ids the index returns in its top `k`."""
+        if len(queries) == 0:
+            raise ValueError("recall_at_k needs at least one query.")
         _, ids = self.search(queries, k)
         hits = [len(set(a.tolist()) & set(b[:k].tolist())) for a, b in zip(ids, exact_ids)]
-        return sum(hits) / (k * len(hits))
+        return sum(hits) / (min(k, len(self)) * len(hits))
 
     def check_matches(self, identity: dict) -> None:
-        """Refuse an index built with another retriever or corpus, naming both."""
-        for field, what in (("spec", "retriever"), ("fingerprint", "retriever weights"), ("corpus", "corpus")):
+        """Refuse an index built with another retriever (spec, weights, settings) or corpus, naming both."""
+        for field, what in IDENTITY_FIELDS:
             mine, theirs = self.identity.get(field), identity.get(field)
             if mine != theirs:
                 raise ValueError(
@@ -127,29 +158,99 @@ class CorpusIndex:
                 )
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
+        """Write `index.faiss`, `index.safetensors` and, last, `index.json` naming their SHA-256 (other files in
+        the folder are left alone). Each file is written to a temporary name and renamed into place."""
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self.index, str(folder / "index.faiss"))
-        save_file({"ids": self.ids.contiguous()}, str(folder / "index.safetensors"))
-        meta = {"identity": self.identity, "kind": self.kind, "size": len(self), **self.info}
-        (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+        blobs = {
+            "index.faiss": _faiss().serialize_index(self.index).tobytes(),
+            "index.safetensors": save({"ids": self.ids.to(torch.int64).contiguous()}),
+        }
+        meta = {
+            "format": INDEX_FORMAT,
+            "identity": self.identity,
+            "kind": self.kind,
+            "size": len(self),
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()},
+            **self.info,
+        }
+        (folder / "index.json").unlink(missing_ok=True)  # from here until the end, the folder holds no index
+        for name, data in blobs.items():
+            _write_atomic(folder / name, data)
+        _write_atomic(folder / "index.json", (json.dumps(meta, indent=2) + "\n").encode())
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> CorpusIndex:
-        from safetensors.torch import load_file
+        """Read a folder [`save`] wrote, checking its files against the hashes in `index.json` and its ids."""
+        from safetensors.torch import load
 
         folder = Path(folder)
-        if not (folder / "index.json").is_file():
+        meta_file = folder / "index.json"
+        rebuild = "rebuild it with `grape-hf index build`"
+        if not meta_file.is_file():
             raise ValueError(
                 f"{str(folder)!r} holds no grape_hf index (no index.json); build one with `grape-hf index build`."
             )
-        meta = json.loads((folder / "index.json").read_text())
-        index = _faiss().read_index(str(folder / "index.faiss"))
-        ids = load_file(str(folder / "index.safetensors"))["ids"]
-        if index.ntotal != len(ids):
-            raise ValueError(f"The index in {str(folder)!r} has {index.ntotal} rows but {len(ids)} ids; rebuild it.")
-        info = {k: v for k, v in meta.items() if k not in ("identity", "kind", "size")}
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta_file} is not valid JSON ({err}); {rebuild}.") from err
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            found = meta.get("format", 1) if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(
+                f"{meta_file} has format {found!r}, not {INDEX_FORMAT} (written by another grape_hf version, without "
+                f"the hashes that tie it to its files); {rebuild}."
+            )
+        for key, kind in (("identity", dict), ("kind", str), ("size", int), ("files", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{meta_file} has no valid {key!r} ({meta.get(key)!r}); {rebuild}.")
+        missing = [field for field, _ in IDENTITY_FIELDS if not isinstance(meta["identity"].get(field), str)]
+        if missing:
+            raise ValueError(f"{meta_file}'s identity lacks {missing}; {rebuild}.")
+        blobs = {}
+        for name in INDEX_FILES:
+            path = folder / name
+            if not path.is_file():
+                raise ValueError(f"{str(folder)!r} has index.json but no {name}; {rebuild}.")
+            blobs[name] = path.read_bytes()
+            if hashlib.sha256(blobs[name]).hexdigest() != meta["files"].get(name):
+                raise ValueError(
+                    f"{path} does not match the SHA-256 that index.json names (it was changed, truncated or left by "
+                    f"an interrupted build); {rebuild}."
+                )
+        try:
+            index = _faiss().deserialize_index(np.frombuffer(blobs["index.faiss"], dtype=np.uint8))
+            ids = load(blobs["index.safetensors"])["ids"]
+        except Exception as err:  # noqa: BLE001 - FAISS raises its C++ errors as RuntimeError
+            raise ValueError(f"The index files in {str(folder)!r} cannot be read ({err}); {rebuild}.") from err
+        size = meta["size"]
+        if index.ntotal != size or ids.shape != (size,):
+            raise ValueError(
+                f"The index in {str(folder)!r} has {index.ntotal} rows and {tuple(ids.shape)} ids, but index.json "
+                f"says {size} items; {rebuild}."
+            )
+        if ids.dtype != torch.int64 or not torch.equal(ids.sort().values, torch.arange(size)):
+            raise ValueError(
+                f"The ids in {folder / 'index.safetensors'} are not a permutation of the corpus positions "
+                f"0..{size - 1} "
+                f"(dtype {ids.dtype}, range {int(ids.min()) if size else None}..{int(ids.max()) if size else None}); "
+                f"{rebuild}."
+            )
+        info = {k: v for k, v in meta.items() if k not in ("format", "identity", "kind", "size", "files")}
         return cls(index, ids, meta["identity"], meta["kind"], info)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

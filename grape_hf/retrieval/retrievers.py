@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import warnings
 from abc import ABC, abstractmethod
@@ -120,6 +121,9 @@ class Retriever(ABC):
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
+        if not texts:  # the tokenizers fail on an empty batch
+            return torch.empty(0, self.embedding_dim)
+        check_texts(texts, "Text")
         self._check_truncation(texts)
         return self._batched(texts, self._encode_text, batch_size, show_progress_bar, "Embedding texts")
 
@@ -168,6 +172,33 @@ class Retriever(ABC):
             self._fingerprint = state_fingerprint(module)
         return self._fingerprint
 
+    def settings(self) -> dict:
+        """Everything besides the weights that changes the embeddings (model and tokenizer configs, pooling, maximum
+        length, preprocessing, normalisation), as JSON-able values. Subclasses extend it; a custom retriever whose
+        embeddings depend on more than its class and weights should too."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "max_text_tokens": self.max_text_tokens}
+
+    def identity(self) -> dict[str, str]:
+        """What the embeddings of this retriever depend on: its spec, the hash of its weights ([`fingerprint`]) and
+        the hash of its [`settings`]. The corpus cache and the FAISS index store it and are trusted only by a
+        retriever with the same identity, so a model re-saved with another maximum length, pooling or tokenizer is
+        never served embeddings of the old one.
+
+        Example:
+        ```python
+        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
+        >>> from grape_hf import load_retriever
+        >>> sorted(load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu").identity())
+        ['fingerprint', 'settings', 'spec']
+        ```
+        """
+        settings = json.dumps(self.settings(), sort_keys=True, default=str, ensure_ascii=False)
+        return {
+            "spec": self.spec,
+            "fingerprint": self.fingerprint(),
+            "settings": hashlib.sha256(settings.encode("utf-8", "surrogatepass")).hexdigest(),
+        }
+
     @property
     def embedding_dim(self) -> int:
         if not hasattr(self, "_dim"):
@@ -186,6 +217,60 @@ def state_fingerprint(module: torch.nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
+
+
+def check_texts(texts: list, what: str) -> None:
+    """Refuse items that are not strings or not valid Unicode (a lone surrogate such as `"\\ud800"` cannot be
+    encoded as UTF-8, so neither a tokenizer nor a hash can take it), naming the first one."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what} {i} is a {type(text).__name__} ({text!r:.80}), not a string.")
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"{what} {i} ({text!r:.80}) is not valid Unicode: it holds the lone surrogate "
+                    f"{text[err.start]!r} at position {err.start}. Fix the text at its source, or replace such "
+                    "characters first, e.g. `text.encode('utf-8', 'replace').decode()`."
+                ) from None
+
+
+def _config_dict(config) -> dict:
+    """A transformers config as a dict, without the keys that name where or by which version it was loaded."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in values.items() if not k.startswith("_") and k != "transformers_version"}
+
+
+_TOKENIZER_LOCATION_KEYS = {
+    "name_or_path", "vocab_file", "merges_file", "tokenizer_file", "special_tokens_map_file", "is_local",
+    "local_files_only", "cache_dir", "token", "use_auth_token", "revision",
+}  # fmt: skip
+
+
+def tokenizer_settings(tokenizer) -> dict:
+    """A tokenizer's settings: its class, init arguments (not its file locations) and, for a fast tokenizer, a hash
+    of its full pipeline (normaliser, pre-tokeniser, vocabulary, post-processor) without the truncation and padding
+    that each call sets anew."""
+    if tokenizer is None:
+        return {}
+    out = {"class": type(tokenizer).__qualname__}
+    init = getattr(tokenizer, "init_kwargs", None)
+    if isinstance(init, dict):
+        out["init"] = {k: v for k, v in init.items() if k not in _TOKENIZER_LOCATION_KEYS}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+        out["pipeline_sha256"] = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode()).hexdigest()
+    for attr in ("context_length", "model_max_length", "do_lower_case"):
+        if hasattr(tokenizer, attr) and attr not in out.get("init", {}):
+            out[attr] = getattr(tokenizer, attr)
+    return out
 
 
 class OpenCLIPRetriever(Retriever):
@@ -207,10 +292,22 @@ class OpenCLIPRetriever(Retriever):
                 "or register your JSON config with open_clip.add_model_config(path) first."
             )
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=self.device)
+        self.arch = arch
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.max_text_tokens = getattr(self.tokenizer, "context_length", None)
+
+    def settings(self) -> dict:
+        import open_clip
+
+        return {
+            **super().settings(),
+            "arch": self.arch,
+            "model_config": open_clip.get_model_config(self.arch),
+            "preprocess": repr(self.preprocess),
+            "tokenizer": tokenizer_settings(self.tokenizer),
+        }
 
     def _count_text_tokens(self, texts):
         inner = getattr(self.tokenizer, "encode", None)
@@ -261,6 +358,15 @@ class HFCLIPRetriever(Retriever):
     @property
     def _tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
+
+    def settings(self) -> dict:
+        image_processor = getattr(self.processor, "image_processor", None)
+        return {
+            **super().settings(),
+            "model_config": _config_dict(self.model.config),
+            "tokenizer": tokenizer_settings(self._tokenizer),
+            "image_processor": image_processor.to_dict() if hasattr(image_processor, "to_dict") else None,
+        }
 
     def _count_text_tokens(self, texts):
         return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -321,6 +427,29 @@ class SentenceTransformerRetriever(Retriever):
         self.model = SentenceTransformer(_resolve_sentence_transformer(name_or_path), device=self.device)
         self.model.eval()
         self.max_text_tokens = getattr(self.model, "max_seq_length", None)
+
+    def settings(self) -> dict:
+        modules = []
+        for module in self.model:
+            entry = {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
+            if hasattr(module, "get_config_dict"):
+                entry["config"] = module.get_config_dict()
+            for attr in ("max_seq_length", "do_lower_case", "processing_kwargs"):
+                if hasattr(module, attr):
+                    entry[attr] = getattr(module, attr)
+            inner = getattr(module, "auto_model", None)
+            if inner is not None and hasattr(inner, "config"):
+                entry["model_config"] = _config_dict(inner.config)
+            modules.append(entry)
+        return {
+            **super().settings(),
+            "modules": modules,
+            "max_seq_length": self.model.max_seq_length,
+            "prompts": getattr(self.model, "prompts", None),
+            "default_prompt_name": getattr(self.model, "default_prompt_name", None),
+            "truncate_dim": getattr(self.model, "truncate_dim", None),
+            "tokenizer": tokenizer_settings(getattr(self.model, "tokenizer", None)),
+        }
 
     def _count_text_tokens(self, texts):
         tokenizer = getattr(self.model, "tokenizer", None)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .cache import CorpusCache, check_cache_dir, content_hash
+from .cache import CorpusCache, content_hash
 from .retrievers import Retriever
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def _normalize_targets(target_ids, num_queries: int, corpus_size: int) -> list[l
             t = t.tolist()
         many = isinstance(t, Sequence | Iterable) and not isinstance(t, str | bytes)
         ids = [_as_target_id(i, qi) for i in t] if many else [_as_target_id(t, qi)]
+        ids = list(dict.fromkeys(ids))  # a repeated id would be subtracted twice from the non-target mean
         if not ids:
             raise ValueError(f"Query {qi} has an empty list of target ids; give at least one relevant corpus id.")
         for i in ids:
@@ -143,8 +145,10 @@ class RankScorer:
         retriever ([`~grape_hf.retrieval.retrievers.Retriever`]): Encodes queries (and the corpus).
         corpus (`list[str]` or `list[PIL.Image.Image]`): The items to retrieve from; a `datasets` column works too.
         cache_dir (`str` or `Path`, *optional*): Where to cache the corpus embeddings (safetensors, keyed by the
-            retriever spec, a fingerprint of its weights and a hash of the corpus; see [`~grape_hf.retrieval.cache`]).
-            Checked to be a writable folder before anything is embedded. No caching if `None`.
+            retriever's identity, i.e. spec, weights and settings, and a hash of the corpus; see
+            [`~grape_hf.retrieval.cache`]). A valid cache is read even from a read-only folder; otherwise the folder
+            must be writable, which is checked before anything is embedded. If writing the cache fails (a full disk), a
+            warning is shown and the embeddings are kept in memory, uncached. No caching if `None`.
         chunk_size (`int`, *optional*, defaults to `65536`): Corpus items scored at once. Beyond the corpus itself,
             exact ranking holds one `num_queries x chunk_size` float32 score block, a boolean block of the same shape
             and the matmul's working memory (about one more score block): about `9 x num_queries x chunk_size`
@@ -241,9 +245,10 @@ class RankScorer:
     # ------------------------------------------------------------------ corpus embedding and its cache
     @property
     def identity(self) -> dict[str, str]:
-        """What produced the corpus embeddings: the retriever spec, its weight fingerprint and the corpus hash (an
-        index built for another identity is refused, see [`~grape_hf.retrieval.index.CorpusIndex`])."""
-        return {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint(), "corpus": self.corpus_hash}
+        """What produced the corpus embeddings: the retriever's
+        [`~grape_hf.retrieval.retrievers.Retriever.identity`] (spec, weight fingerprint, settings hash) and the corpus hash under `"corpus"`. The corpus cache and the FAISS index
+        ([`~grape_hf.retrieval.index.CorpusIndex`]) store it and refuse another."""
+        return {**self.retriever.identity(), "corpus": self.corpus_hash}
 
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
         is_text = isinstance(corpus[0], str)
@@ -251,19 +256,34 @@ class RankScorer:
         self.corpus_hash = content_hash(corpus)  # also checks the item types, with or without a cache
         if cache_dir is None:
             return check_corpus_embeddings(encode(corpus, show_progress_bar=show_progress_bar), self.retriever.spec)
-        cache = CorpusCache(check_cache_dir(cache_dir))
-        identity = {"spec": self.retriever.spec, "fingerprint": self.retriever.fingerprint()}
-        key = cache.key(identity["spec"], identity["fingerprint"], self.corpus_hash)
+        cache = CorpusCache(cache_dir)
+        identity = self.identity
+        key = cache.key(identity)
         shape = (len(corpus), self.retriever.embedding_dim)
         self.cache_file = cache.path(key)
         with cache.lock(key):  # under several processes, one embeds and writes; the others wait and load
             embeddings = cache.load(key, shape, identity)
             self.cache_hit = embeddings is not None
-            if embeddings is None:
-                embeddings = encode(corpus, show_progress_bar=show_progress_bar)
-                check_corpus_embeddings(embeddings, self.retriever.spec)
+            if embeddings is not None:
+                return embeddings
+            if not cache.writable:  # a read-only folder serves a valid cache, but cannot take a new one
+                raise ValueError(
+                    f"cache_dir {str(cache.dir)!r} is not writable and holds no cache of this corpus for "
+                    f"{self.retriever.spec!r}; give a writable folder (or None to not cache)."
+                )
+            embeddings = check_corpus_embeddings(
+                encode(corpus, show_progress_bar=show_progress_bar), self.retriever.spec
+            )
+            try:
                 cache.save(key, embeddings, identity)
-        return check_corpus_embeddings(embeddings, str(cache.path(key)))
+            except OSError as err:  # a full disk must not lose the embedding pass
+                warnings.warn(
+                    f"Could not write the corpus cache {self.cache_file} ({err}); continuing with the embeddings in "
+                    "memory, uncached. Free some space or pass another cache_dir to cache them next time.",
+                    stacklevel=3,
+                )
+                self.cache_file = None
+        return embeddings
 
     # ------------------------------------------------------------------ scoring
     def embed_queries(self, queries) -> torch.Tensor:
@@ -372,7 +392,8 @@ class RankScorer:
     def search(self, queries, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-`k` corpus items per query: `(scores, ids)`, each `(Q, k)`, best first (chunked).
 
-        A degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf`.
+        A degenerate query (NaN, infinite or zero embedding) matches nothing: its scores are all `-inf` and its ids
+        the placeholders `0..k-1` ([`~grape_hf.retrieval.index.CorpusIndex.search`] answers the same).
         """
         q = self.embed_queries(queries)
         degenerate = degenerate_rows(q)
@@ -388,6 +409,7 @@ class RankScorer:
             best_scores, order = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
             best_ids = best_ids.gather(1, order)
         best_scores[degenerate] = -float("inf")
+        best_ids[degenerate] = torch.arange(k)
         return best_scores, best_ids
 
 

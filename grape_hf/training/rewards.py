@@ -25,14 +25,39 @@ RewardVariant = Callable[[RankStats], torch.Tensor]
 
 
 def completion_text(completion: Any) -> str:
-    """The text of one completion, standard (`str`) or conversational (`[{"role": "assistant", "content": ...}]`)."""
+    """The text of one completion, standard (`str`) or conversational (`[{"role": "assistant", "content": ...}]`,
+    as TRL passes it; a content may also be a list of `{"type": "text", "text": ...}` parts). Several messages or
+    parts are joined by a newline, so their words never run together.
+
+    Example:
+    ```python
+    >>> from grape_hf.training.rewards import completion_text
+    >>> completion_text([{"role": "assistant", "content": "two men"}, {"role": "assistant", "content": "play chess"}])
+    'two men\\nplay chess'
+    ```
+    """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list):
-        return "".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in completion)
+        return _join(_message_text(m) for m in completion)
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
+        return _message_text(completion)
     raise TypeError(f"A completion must be a string or a list of messages, got {type(completion).__name__}.")
+
+
+def _message_text(message: Any) -> str:
+    if not isinstance(message, dict):
+        return str(message)
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, list):  # multimodal parts: only the text ones carry words
+        return _join(part.get("text") or "" if isinstance(part, dict) else str(part) for part in content)
+    return str(content)
+
+
+def _join(texts) -> str:
+    return "\n".join(t for t in texts if t)
 
 
 def rank_reward(stats: RankStats) -> torch.Tensor:
@@ -241,7 +266,7 @@ class GRAPERewardFunction:
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
             stats = self.scorer.rank_stats([texts[i].strip() for i in keep], [targets[i] for i in keep])
-            values = torch.as_tensor(self.variant(stats), dtype=torch.float32)
+            values = self._variant_values(stats, "completions")
             values = torch.nan_to_num(
                 values, nan=self.lowest_reward, posinf=self.lowest_reward, neginf=self.lowest_reward
             )
@@ -258,6 +283,32 @@ class GRAPERewardFunction:
         if self.relative:
             rewards -= self._original_rewards(kwargs, targets)
         return [float(r) if math.isfinite(float(r)) else self.lowest_reward for r in rewards]
+
+    def _variant_values(self, stats: RankStats, what: str) -> torch.Tensor:
+        """The variant's rewards, refused unless there is exactly one per ranked completion: a single number would be
+        broadcast to every completion, so each group would share one reward and GRPO would learn nothing."""
+        count = len(stats.ranks)
+        values = self.variant(stats)
+        try:
+            values = torch.as_tensor(values, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"The reward function {self.reward_name!r} returned {type(values).__name__} {values!r:.80}, which is "
+                f"not a list of numbers ({err}); return one reward per completion."
+            ) from err
+        if values.ndim == 0:
+            raise ValueError(
+                f"The reward function {self.reward_name!r} returned a single number ({values.item():.4g}) for {count} "
+                f"{what}; return one reward per completion (a tensor or list of length {count}), e.g. computed from "
+                "stats.ranks elementwise. One number for all would give every completion of a group the same reward."
+            )
+        if values.shape != (count,):
+            got = f"{values.shape[0]} values" if values.ndim == 1 else f"a tensor of shape {tuple(values.shape)}"
+            raise ValueError(
+                f"The reward function {self.reward_name!r} returned {got} for {count} {what}; return one reward "
+                f"per completion (a tensor or list of length {count})."
+            )
+        return values
 
     def _column(self, kwargs: dict, column: str, expected: int, role: str = "target") -> list:
         """A dataset column TRL passed, checked to hold one value per completion."""
@@ -290,7 +341,7 @@ class GRAPERewardFunction:
             unique.setdefault((q, str(t)), (q, t))
         keys = list(unique)
         stats = self.scorer.rank_stats([unique[k][0] for k in keys], [unique[k][1] for k in keys])
-        values = torch.nan_to_num(torch.as_tensor(self.variant(stats), dtype=torch.float32), nan=self.lowest_reward)
+        values = torch.nan_to_num(self._variant_values(stats, "original queries"), nan=self.lowest_reward)
         if stats.degenerate is not None:
             values = torch.where(stats.degenerate, self.lowest_reward, values)
         lookup = dict(zip(keys, values.tolist()))
