@@ -2,9 +2,9 @@
 
 A cache file `corpus-<key>.safetensors` holds one `(N, D)` float32 matrix. The key hashes the retriever's identity
 ([`~grape_hf.retrieval.retrievers.Retriever.identity`]: its spec, a fingerprint of its weights and a hash of its
-settings, i.e. model and tokenizer configs, pooling, maximum length, preprocessing) and the corpus content, so a model retrained or
-re-saved with other settings at the same path, or a relative path that names another model, never reuses stale
-embeddings.
+settings, i.e. model and tokenizer configs, pooling, maximum length, preprocessing) and the corpus content, so a
+model retrained or re-saved with other settings at the same path, or a relative path that names another model, never
+reuses stale embeddings.
 
 - The file's metadata repeats that identity and the corpus hash, with the cache format (`CACHE_FORMAT`) and the
   SHA-256 of the matrix bytes. Loading checks all of them and that every row is finite and non-zero: a renamed,
@@ -106,7 +106,8 @@ class CorpusCache:
     """Corpus embeddings on disk under `cache_dir`, one file per (retriever identity, corpus) key.
 
     `identity` is what produced the embeddings: the retriever's
-    [`~grape_hf.retrieval.retrievers.Retriever.identity`] plus the corpus hash under `"corpus"` (as [`~grape_hf.retrieval.scorer.RankScorer.identity`] gives it).
+    [`~grape_hf.retrieval.retrievers.Retriever.identity`] plus the corpus hash under `"corpus"` (as
+    [`~grape_hf.retrieval.scorer.RankScorer.identity`] gives it).
 
     Example:
     ```python

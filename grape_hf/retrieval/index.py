@@ -6,10 +6,10 @@ Inner product on unit vectors (cosine similarity, as the scorer ranks). Below `f
 (`IndexHNSWFlat`). The folder holds `index.faiss`, `index.safetensors` (the corpus id of each row) and `index.json`:
 the retriever's identity (spec, weight fingerprint and settings hash, see
 [`~grape_hf.retrieval.retrievers.Retriever.identity`]), the corpus hash, the measured recall@10 against exact search,
-and the SHA-256 of the two other files. `index.json` is written last (and removed first), so a build killed half-way leaves
-a folder that is refused, not one that mixes two builds. Loading checks the files against their hashes and the ids
-(a permutation of the corpus positions); an index built with another retriever or corpus is refused. Training still
-ranks exactly with the scorer: the index only serves search.
+and the SHA-256 of the two other files. `index.json` is written last (and removed first), so a build killed half-way
+leaves a folder that is refused, not one that mixes two builds. Loading checks the files against their hashes and the
+ids (a permutation of the corpus positions); an index built with another retriever or corpus is refused. Training
+still ranks exactly with the scorer: the index only serves search.
 
 Needs the `faiss` extra (`pip install grape_hf[faiss]`).
 

@@ -246,8 +246,9 @@ class RankScorer:
     @property
     def identity(self) -> dict[str, str]:
         """What produced the corpus embeddings: the retriever's
-        [`~grape_hf.retrieval.retrievers.Retriever.identity`] (spec, weight fingerprint, settings hash) and the corpus hash under `"corpus"`. The corpus cache and the FAISS index
-        ([`~grape_hf.retrieval.index.CorpusIndex`]) store it and refuse another."""
+        [`~grape_hf.retrieval.retrievers.Retriever.identity`] (spec, weight fingerprint, settings hash) and the corpus
+        hash under `"corpus"`. The corpus cache and the FAISS index ([`~grape_hf.retrieval.index.CorpusIndex`]) store
+        it and refuse another."""
         return {**self.retriever.identity(), "corpus": self.corpus_hash}
 
     def _embed_corpus(self, corpus: list, cache_dir, show_progress_bar: bool) -> torch.Tensor:
