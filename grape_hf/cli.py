@@ -103,7 +103,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             rewriters[name] = None
             continue
         template = (
-            get_prompt_template(args.shift, args.prompt_template) if args.shift or args.prompt_template else None
+            get_prompt_template(args.shift or "multilingual", args.prompt_template, args.prompt_format)
+            if args.shift or args.prompt_template or args.prompt_format
+            else None
         )
         rewriters[name] = QueryRewriter.from_pretrained(path, template=template, max_new_tokens=args.max_new_tokens)
     references = list(data.queries["reference"]) if "reference" in data.queries.column_names else None
@@ -227,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--shift", default=None, help="Prompt for plain instruct models (default: multilingual).")
     ev.add_argument("--prompt_template", default=None)
+    ev.add_argument(
+        "--prompt_format",
+        default=None,
+        choices=["chat", "completion"],
+        help="'completion' for base models (e.g. google/gemma-3-270m): the shift's plain-text few-shot prompt.",
+    )
     ev.add_argument("--max_samples", type=int, default=None, help="Queries kept (seeded subset).")
     ev.add_argument("--max_images", type=int, default=None, help="Multi30k: images kept (the corpus shrinks).")
     ev.add_argument("--multi30k_task", default="task2")
