@@ -1,7 +1,7 @@
 # `make demo`: set up .venv and run the offline default GRAPE job (train, then evaluate before/after).
-# `make test`: set up .venv and run the quick tests (`-m "not slow"`); `make test-all`: set up .venv and chromium (for
-# the Space's browser test), then every test, the slow ones too (training stages, two processes, the browser): what CI
-# (.ci/run) runs. `make quality`: ruff.
+# `make test`: set up .venv and chromium (for the Space's browser test), then the quick tests (`-m "not slow"`);
+# `make test-all`: the same setup, then every test, the slow ones too (training stages, two processes, the browser):
+# what CI (.ci/run) runs. `make quality`: ruff.
 # `make space`: set up .venv and start the Gradio Space (spaces/app.py) on http://127.0.0.1:$(PORT).
 .PHONY: setup demo test test-all quality style space
 
@@ -23,6 +23,7 @@ space: setup
 	GRADIO_SERVER_PORT=$(PORT) $(BIN)/python spaces/app.py
 
 test: setup
+	@bash scripts/setup_browser.sh
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: setup

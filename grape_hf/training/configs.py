@@ -22,6 +22,29 @@ from ..rewriting.prompts import available_shifts
 from .rewards import resolve_reward_variant
 
 
+# The prompt arguments every stage takes, defined once.
+def _shift_field():
+    return field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
+
+
+def _prompt_template_field():
+    return field(
+        default=None,
+        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
+    )
+
+
+def _prompt_format_field():
+    return field(
+        default="chat",
+        metadata={
+            "help": "'chat' (instruct models: the tokenizer's chat template) or 'completion' (base models such as "
+            "Gemma 3 270M: the shift's plain-text few-shot prompt, each rewrite one line).",
+            "choices": ["chat", "completion"],
+        },
+    )
+
+
 @dataclass
 class GRAPEScriptArguments(ScriptArguments):
     """Arguments of the GRAPE recipe: the data, the frozen retriever, the reward and the evaluation.
@@ -55,19 +78,9 @@ class GRAPEScriptArguments(ScriptArguments):
     relative_reward: bool = field(
         default=False, metadata={"help": "Reward the rewrite's improvement over the original query."}
     )
-    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
-    prompt_template: str | None = field(
-        default=None,
-        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
-    )
-    prompt_format: str = field(
-        default="chat",
-        metadata={
-            "help": "'chat' (instruct models: the tokenizer's chat template) or 'completion' (base models such as "
-            "Gemma 3 270M: the shift's plain-text few-shot prompt, each rewrite one line).",
-            "choices": ["chat", "completion"],
-        },
-    )
+    shift: str = _shift_field()
+    prompt_template: str | None = _prompt_template_field()
+    prompt_format: str = _prompt_format_field()
     query_column: str = field(default="query", metadata={"help": "Column of the original query."})
     target_column: str = field(default="target_id", metadata={"help": "Column of the right corpus id(s)."})
     reference_column: str = field(
@@ -168,19 +181,9 @@ class SFTScriptArguments(ScriptArguments):
     ```
     """
 
-    shift: str = field(default="multilingual", metadata={"help": "The shift kind, which picks the prompt template."})
-    prompt_template: str | None = field(
-        default=None,
-        metadata={"help": "Your own prompt: a user turn with '{query}' (and '{reference}'), or a JSON file path."},
-    )
-    prompt_format: str = field(
-        default="chat",
-        metadata={
-            "help": "'chat' (instruct models: the tokenizer's chat template) or 'completion' (base models such as "
-            "Gemma 3 270M: the shift's plain-text few-shot prompt, each rewrite one line).",
-            "choices": ["chat", "completion"],
-        },
-    )
+    shift: str = _shift_field()
+    prompt_template: str | None = _prompt_template_field()
+    prompt_format: str = _prompt_format_field()
     query_column: str = field(default="query", metadata={"help": "Column of the query (non-Multi30k datasets)."})
     rewrite_column: str = field(default="rewrite", metadata={"help": "Column of the target rewrite."})
     multi30k_task: str = field(default="task1", metadata={"help": "Multi30k task folder of the pairs."})

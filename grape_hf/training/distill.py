@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..rewriting.devices import resolve_dtype
+from ..rewriting.devices import dtype_name, resolve_dtype
 from .configs import DistillScriptArguments
 from .rewards import GRAPERewardFunction
 
@@ -215,7 +215,7 @@ def run_rounds(
     replayed = read_rows(script_args.replay, rows_file, key)
     set_seed(training_args.seed)
     dtype = resolve_dtype(model_args.dtype, training_args.device)  # `auto`: bf16 where native, else fp32
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": str(dtype)[6:]}
+    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": dtype_name(dtype)}
     template = stage_template(script_args)
     retriever = load_retriever(script_args.retriever, device=str(training_args.device))
     train = load_split(script_args, script_args.dataset_train_split, training_args.seed)
