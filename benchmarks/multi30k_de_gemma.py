@@ -9,10 +9,24 @@ the 1,014 English captions, and records each with R@1/5/10, MRR, nDCG@10 and its
   training queries (never on val), greedy, one line;
 - `smollm2_shipped`: the shipped SmolLM2 rewriter (`smollm2-135m-grape-multi30k-de`), as a reference;
 - any trained rewriter folder given with `--method NAME=FOLDER[@STARTED_FROM]` (e.g. the output of
-  `recipes/gemma-3-270m/grpo/config_multi30k_de.yaml`), so the later stages join the same table.
+  `recipes/gemma-3-270m/grpo/config_multi30k_de.yaml`), so the later stages join the same table;
+- with `--recipe_eval NAME=FOLDER[@STARTED_FROM]`, the numbers a GRPO recipe's own before/after evaluation measured on
+  the same 1,014 queries, retriever and corpus (`FOLDER/grape_rewriter.json`): `after` as NAME, and its starting
+  rewriter (`zero_shot`/`start`) as STARTED_FROM, with the recipe's training wall minutes; nothing is run again;
+- `prompted_<PROMPT>` for each `--prompt PROMPT` of `PROMPTS` (the prompted Gemma with that prompt, e.g. the one a
+  training recipe starts from);
+- with `--ship METHOD`, that row's folder is shipped as grape_hf's `gemma3-270m-grape-multi30k-de` (fp16 adapter, no
+  tokenizer files: the base model's rebuilt tokenizer is used), its `grape_rewriter.json` holding the table's rows;
+- with `--plot START,STAGE,STAGE...` (a chain of rows, each stage started from the one before), the held-out R@10
+  of the chain against completions seen, and the training batches' similarities, in
+  `results/multi30k_de_gemma_curves.png`;
+- `oracle_best_of_8` with `--oracle FOLDER`: the best of 8 samples (temperature 1) per query of that policy, picked
+  knowing the target (the room a policy could still learn).
 
     python benchmarks/multi30k_de_gemma.py                       # german_as_is, prompted, smollm2_shipped
     python benchmarks/multi30k_de_gemma.py --only --method grape_rank=outputs/gemma-3-270m-grape-multi30k-de@prompted
+    python benchmarks/multi30k_de_gemma.py --only --prompt multilingual_completion
+    python benchmarks/multi30k_de_gemma.py --only --oracle outputs/gemma-3-270m-grape-multi30k-de
 
 Writes (merging with what is there) `benchmarks/results/multi30k_de_gemma.json`:
 `{"num_queries": 1014, "methods": {name: {"R@1": ..., "R@10": ..., "started_from": ..., "eval_cpu_minutes": ...}}}`.
@@ -65,7 +79,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=25)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--method", action="append", default=[], help="NAME=FOLDER[@STARTED_FROM], a rewriter.")
-    parser.add_argument("--only", action="store_true", help="Only the --method rows (not the baselines).")
+    parser.add_argument("--recipe_eval", action="append", default=[], help="NAME=FOLDER[@STARTED_FROM].")
+    parser.add_argument("--prompt", action="append", default=[], choices=sorted(PROMPTS), help="A prompted_ row.")
+    parser.add_argument("--oracle", default=None, help="FOLDER: oracle_best_of_8 of that policy.")
+    parser.add_argument("--plot", default=None, help="START,STAGE,...: plot that chain of rows.")
+    parser.add_argument("--ship", default=None, help="METHOD: ship its folder as gemma3-270m-grape-multi30k-de.")
+    parser.add_argument("--only", action="store_true", help="Only the rows asked for (not the baselines).")
     args = parser.parse_args()
 
     import torch
@@ -115,16 +134,99 @@ def main() -> None:
         run("prompted", rewriter, None, prompt=best, prompt_train_R10=choice)
         shipped = QueryRewriter.from_pretrained(str(shipped_rewriter_path("smollm2-135m-grape-multi30k-de")))
         run("smollm2_shipped", shipped, None)
+    for entry in args.recipe_eval:
+        name, _, folder = entry.partition("=")
+        folder, _, started_from = folder.partition("@")
+        config = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8"))
+        evaluation, training = config["evaluation"], config.get("training", {})
+        if evaluation.get("num_queries") != len(queries) or evaluation.get("corpus_size") != len(scorer):
+            raise SystemExit(f"{folder} was evaluated on {evaluation.get('num_queries')} queries, not {len(queries)}.")
+        start = evaluation.get("zero_shot") or evaluation.get("start")
+        if started_from and start and started_from not in methods:
+            methods[started_from] = {**start, "started_from": None, "measured_by": f"{folder} (before training)"}
+        methods[name] = {
+            **evaluation["after"],
+            "started_from": started_from or None,
+            "train_wall_minutes": round(training.get("train_seconds", 0) / 60, 1),
+            "measured_by": f"{folder} (after training)",
+            "folder": folder,
+        }
+        print(f"{name}: {json.dumps(methods[name])}", flush=True)
+    for prompt in args.prompt:
+        rewriter = QueryRewriter.from_pretrained(GEMMA, template=template_for(prompt), max_new_tokens=tokens)
+        run(f"prompted_{prompt}", rewriter, None, prompt=prompt)
+    if args.oracle:
+        from grape_hf.metrics import retrieval_metrics
+        from grape_hf.training.stages import best_of_n, load_fast_rewriter
+
+        start = time.process_time()
+        rewriter = load_fast_rewriter(args.oracle, max_new_tokens=tokens)
+        best, ranks = best_of_n(rewriter, scorer, queries, targets, n=8, batch_size=args.batch_size)
+        row = {**retrieval_metrics(ranks), "started_from": None, "eval_cpu_minutes": cpu_minutes(start)}
+        row.update(policy=args.oracle, examples=[{"query": q, "rewrite": r} for q, r in zip(queries[:3], best[:3])])
+        methods["oracle_best_of_8"] = row
+        print(f"oracle_best_of_8: {json.dumps({k: v for k, v in row.items() if k != 'examples'})}", flush=True)
     for entry in args.method:
         name, _, folder = entry.partition("=")
         folder, _, started_from = folder.partition("@")
         rewriter = QueryRewriter.from_pretrained(folder, max_new_tokens=tokens)
         run(name, rewriter, started_from or None, folder=folder)
 
+    if args.ship:
+        ship(args.ship, methods)
+    if args.plot:
+        plot_chain(args.plot.split(","), methods)
     meta.update(cpu=cpu_description(), date=time.strftime("%Y-%m-%d"), retriever=retriever.spec, corpus=len(scorer))
     out = {"num_queries": len(queries), "_meta": meta, "methods": methods}
     RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(markdown_table({k: v for k, v in methods.items()}))
+
+
+def plot_chain(chain: list[str], methods: dict) -> Path | None:
+    """One curve through a chain of rows: the start at 0 completions, each stage's R@10 after the completions it
+    and the stages before it sampled (their `curves.json`), the training batches' similarities along the way."""
+    from grape_hf.evaluation import plot_curves
+
+    evals = {"completions": [0], "R@10": [methods[chain[0]]["R@10"]]}
+    train: dict[str, list] = {"completions": [], "target_similarity": [], "nontarget_similarity": []}
+    seen = 0
+    for name in chain[1:]:
+        curves = json.loads((Path(methods[name]["folder"]) / "curves.json").read_text())["train"]
+        for key in train:
+            train[key] += [seen + c for c in curves[key]] if key == "completions" else curves[key]
+        seen += curves["completions"][-1]
+        evals["completions"].append(seen)
+        evals["R@10"].append(methods[name]["R@10"])
+    path = RESULTS.with_name("multi30k_de_gemma_curves.png")
+    title = f"Gemma 3 270M, Multi30k de->en: {' -> '.join(chain)}"
+    return plot_curves({"rank-GRPO": {"eval": evals, "train": train}}, path, title=title, metric="R@10")
+
+
+def ship(method: str, methods: dict) -> None:
+    """Ship `method`'s rewriter folder inside grape_hf, its evaluation the rows of this table it is compared with."""
+    from grape_hf.rewriting.rewriter import SHIPPED_REWRITERS_DIR
+    from grape_hf.training.stages import ship_rewriter
+
+    row = methods[method]
+    if "folder" not in row:
+        raise SystemExit(f"--ship {method!r}: that row names no rewriter folder; ship a trained method's row.")
+    keep = ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "mean_rank")
+    compared = {"before": "german_as_is", "prompted": "prompted", "start": row.get("started_from")}
+    evaluation = {key: {m: methods[name][m] for m in keep} for key, name in compared.items() if name in methods}
+    evaluation["smollm2_shipped"] = {m: methods["smollm2_shipped"][m] for m in keep}
+    evaluation.update(
+        after={m: row[m] for m in keep},
+        split="validation",
+        dataset="multi30k/task2/val de->en",
+        num_queries=1014,
+        corpus_size=1014,
+        method=method,
+    )
+    dest = SHIPPED_REWRITERS_DIR / "gemma3-270m-grape-multi30k-de"
+    ship_rewriter(row["folder"], dest, evaluation, dataset="Multi30k task2 (German queries, English captions)")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (dest / name).unlink(missing_ok=True)  # 32 MB; loading takes the base model's (rebuilt offline) tokenizer
+    print(f"shipped {method} as {dest}", flush=True)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,30 @@ def stop_token_ids(tokenizer, stop_at_newline: bool) -> list[int]:
     return ids + [i for i in newline_token_ids(tokenizer) if i not in ids] if stop_at_newline else ids
 
 
+def context_length(model) -> int | None:
+    """The most positions `model` takes (`max_position_embeddings` of its text config), or `None` if it says none."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_context(model, attention_mask: torch.Tensor, max_new_tokens: int | None, queries) -> None:
+    """Refuse prompts that, with `max_new_tokens` more, pass the model's positions: it would generate past what it
+    was trained on, slowly and without an answer. `queries` (one per row of `attention_mask`) name the culprit."""
+    limit = context_length(model)
+    if not limit:
+        return
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    for row, length in enumerate(attention_mask.sum(dim=-1).tolist()):
+        if length + (max_new_tokens or 0) > limit:
+            query = queries[row] if row < len(queries) else ""
+            raise ValueError(
+                f"The query {query[:60]!r}... ({len(query):,} characters) makes a prompt of {length:,} tokens; with "
+                f"max_new_tokens={max_new_tokens} that passes the model's {limit:,} positions. Shorten the query "
+                "(or split it into several) before rewriting."
+            )
+
+
 def generate_rewrite_tokens(
     model,
     tokenizer,

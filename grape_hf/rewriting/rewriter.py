@@ -7,15 +7,19 @@ callback, self-distillation) and lists the rewriters shipped with grape_hf.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from ..models import resolve_model_path
 from .devices import resolve_dtype
-from .folder import REWRITER_CONFIG_NAME, load_rewriter, with_pad_token
-from .generation import decode_rewrites, generate_rewrite_tokens
+from .folder import REWRITER_CONFIG_NAME, is_adapter_model, load_rewriter, trained_prompt, with_pad_token
+from .generation import check_context, decode_rewrites, generate_rewrite_tokens
+from .prompting import is_blank
 from .prompts import PromptTemplate, get_prompt_template
+
+logger = logging.getLogger(__name__)
 
 
 class QueryRewriter:
@@ -57,8 +61,15 @@ class QueryRewriter:
         model, tokenizer, config = load_rewriter(name_or_path, resolve_base_model=resolve_model_path, **load_kwargs)
         if device:
             model.to(device)
-        if template is None and config is not None:
-            template = PromptTemplate.from_dict(config.prompt)
+        if template is None:
+            prompt = trained_prompt(config.to_dict() if config else None, name_or_path, is_adapter_model(model))
+            if prompt is None:
+                logger.warning(
+                    "%s has no %s: rewriting with the built-in 'multilingual' prompt; pass template= to choose one.",
+                    name_or_path,
+                    REWRITER_CONFIG_NAME,
+                )
+            template = PromptTemplate.from_dict(prompt) if prompt else None
         return cls(model, tokenizer, template=template, **kwargs)
 
     def prompts(self, queries: list[str], references: list[str] | None = None) -> list[str]:
@@ -83,8 +94,18 @@ class QueryRewriter:
             )
         if references is not None and (isinstance(references, str) or len(references) != len(queries)):
             raise ValueError(f"references must be a list with one caption per query ({len(queries)}).")
+        if references is not None and not self.template.needs_reference:
+            raise ValueError(
+                f"references were given, but the {self.template.shift or 'given'} prompt has no '{{reference}}' slot, "
+                "so they would be ignored. Use a composed template (get_prompt_template('composed')) or drop them."
+            )
         if do_sample is None:
             do_sample = num_rewrites > 1
+        # A blank query (only whitespace or zero-width characters) is returned as it is, as the pipeline does.
+        todo = [i for i, query in enumerate(queries) if not is_blank(query)]
+        results: list[list[str]] = [[query] * num_rewrites for query in queries]
+        queries = [queries[i] for i in todo]
+        references = None if references is None else [references[i] for i in todo]
         texts = self.prompts(list(queries), references)
         generation_kwargs.setdefault("max_new_tokens", self.max_new_tokens)
         device = next(self.model.parameters()).device
@@ -99,6 +120,9 @@ class QueryRewriter:
                     padding=True,
                     add_special_tokens=self.template.add_special_tokens,  # as TRL tokenizes the same prompt
                 ).to(device)
+                check_context(
+                    self.model, batch["attention_mask"], generation_kwargs["max_new_tokens"], queries[start:]
+                )
                 new_tokens = generate_rewrite_tokens(
                     self.model,
                     self.tokenizer,
@@ -112,7 +136,9 @@ class QueryRewriter:
                 outputs.extend(decode_rewrites(self.tokenizer, new_tokens))
         finally:
             self.tokenizer.padding_side = old_side
-        return outputs
+        for i, rewrites in zip(todo, outputs):
+            results[i] = rewrites
+        return results
 
 
 SHIPPED_REWRITERS_DIR = Path(__file__).parents[1] / "assets" / "rewriters"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 
 from ..metrics import MEAN_RANK, prefix_metrics, retrieval_metrics
 from ..retrieval.scorer import RankScorer, RankStats
-from ..rewriting.prompting import clean_rewrite
+from ..rewriting.prompting import clean_rewrite, is_blank
 
 RewardVariant = Callable[[RankStats], torch.Tensor]
 
@@ -369,20 +368,6 @@ class GRAPERewardFunction:
 
     def __repr__(self) -> str:
         return f"GRAPERewardFunction(reward={self.reward_name!r}, relative={self.relative}, corpus={len(self.scorer)})"
-
-
-def is_blank(text: str) -> bool:
-    """True for a completion with nothing to search by: only whitespace, control or format characters (zero-width
-    spaces and joiners, the BOM, bidi marks).
-
-    Example:
-    ```python
-    >>> from grape_hf.training.rewards import is_blank
-    >>> is_blank(" \u200b\u200d\ufeff "), is_blank("a\u200b")
-    (True, False)
-    ```
-    """
-    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -13,6 +13,7 @@ nothing but the standard library.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 PROMPT_FORMATS = ("chat", "completion")
 _FIELDS = re.compile(r"(\{query\}|\{reference\})")
@@ -27,6 +28,48 @@ def template_format(template: dict) -> str:
             "(the tokenizer's chat template), 'completion' for base models (plain few-shot text)."
         )
     return fmt
+
+
+def check_template(template, source: str = "prompt") -> dict:
+    """`template` if it is a prompt template (a dict whose `"user"` string holds `{query}`), else a `ValueError`
+    naming `source`, the value and the fix.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompting import check_template
+    >>> check_template({"user": "Rewrite: {query}"})["user"]
+    'Rewrite: {query}'
+    ```
+    """
+    if not isinstance(template, dict) or not isinstance(template.get("user"), str):
+        raise ValueError(
+            f"{source} must be a prompt template, a dict with a 'user' string containing '{{query}}' (and optional "
+            f"'system', 'examples', 'format'); got {template!r:.120}. Write it as {{\"user\": \"...{{query}}...\"}}."
+        )
+    if "{query}" not in template["user"]:
+        raise ValueError(f"{source}'s user turn must contain '{{query}}'; got {template['user']!r:.120}.")
+    template_format(template)
+    return template
+
+
+def needs_reference(template: dict) -> bool:
+    """Whether the template has a `{reference}` slot (composed queries: a reference caption plus an edit)."""
+    return "{reference}" in template["user"]
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing to search by: only whitespace, control or format characters (zero-width
+    spaces and joiners, the BOM, bidi marks). The reward scores such a rewrite as blank, and the rewriter returns
+    such a query unchanged.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompting import is_blank
+    >>> is_blank(" \u200b\u200d\ufeff "), is_blank("a\u200b")
+    (True, False)
+    ```
+    """
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
 
 
 def adds_special_tokens(template: dict) -> bool:

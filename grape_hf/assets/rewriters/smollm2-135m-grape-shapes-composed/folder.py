@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
 from .devices import resolve_dtype
+from .prompting import check_template
 
 REWRITER_CONFIG_NAME = "grape_rewriter.json"
 PROMPTS_NAME = "grape_prompts.json"
@@ -49,6 +50,7 @@ _BASE_LOAD_KWARGS = (
     "quantization_config",
 )
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def read_json(source: str | Path | None, filename: str, **hub_kwargs) -> dict | None:
@@ -111,6 +113,39 @@ class RewriterConfig:
         """Read `grape_rewriter.json` from a folder or Hub repo; `None` for a plain model without one."""
         data = read_json(source, REWRITER_CONFIG_NAME, **hub_kwargs)
         return None if data is None else cls.from_dict(data)
+
+
+def trained_prompt(rewriter_config: dict | None, source: Any, is_adapter: bool = False) -> dict | None:
+    """The prompt a rewriter was trained with (`"prompt"` of its `grape_rewriter.json`), checked.
+
+    `None` for a plain model without one, which then rewrites with a built-in prompt. A trained adapter
+    (`is_adapter`) that does not state its prompt is refused: a built-in prompt would silently rewrite worse.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.folder import trained_prompt
+    >>> trained_prompt({"prompt": {"user": "Rewrite: {query}"}}, "my-rewriter")["user"]
+    'Rewrite: {query}'
+    ```
+    """
+    prompt = (rewriter_config or {}).get("prompt")
+    if prompt is None:
+        if is_adapter:
+            name = REWRITER_CONFIG_NAME
+            missing = f"has no {name}" if rewriter_config is None else f'says "prompt": null in {name}'
+            raise ValueError(
+                f"{str(source)!r} is a trained adapter but {missing}, so the prompt it was trained with is unknown "
+                f"(a built-in prompt would rewrite badly, without a word). Restore {REWRITER_CONFIG_NAME} as training "
+                "saved it, or choose the prompt yourself: pipeline(..., shift=...) or prompt=..., "
+                "QueryRewriter.from_pretrained(..., template=...)."
+            )
+        return None
+    return check_template(prompt, f'The "prompt" of {REWRITER_CONFIG_NAME} in {str(source)!r}')
+
+
+def is_adapter_model(model: Any) -> bool:
+    """Whether `model` is a PEFT adapter on a base model (as [`GRAPERewriterLoader`] loads an adapter folder)."""
+    return hasattr(model, "grape_base_model") or hasattr(model, "peft_config")
 
 
 class GRAPERewriterConfig(PretrainedConfig):
@@ -200,7 +235,9 @@ class GRAPERewriterLoader:
         subfolder = cls.adapter_location(name_or_path, config, **hub)
         if subfolder is None:
             model_kwargs = {k: v for k, v in kwargs.items() if k in _BASE_LOAD_KWARGS + _HUB_KWARGS}
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, *model_args, config=config, **model_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, *model_args, config=config, trust_remote_code=False, **model_kwargs
+            )
         else:
             try:
                 from peft import PeftConfig, PeftModel
@@ -210,8 +247,10 @@ class GRAPERewriterLoader:
             peft_config = PeftConfig.from_pretrained(source)
             base = resolve(peft_config.base_model_name_or_path)
             base_kwargs = {k: v for k, v in kwargs.items() if k in _BASE_LOAD_KWARGS}
-            model = AutoModelForCausalLM.from_pretrained(base, **base_kwargs)
+            # The base model's own remote code is never run, nor asked about: the adapter names a plain base.
+            model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=False, **base_kwargs)
             model = PeftModel.from_pretrained(model, source)
+            _check_adapter_complete(model, source)
             model.grape_base_model = base
         model.grape_rewriter_path = name_or_path
         return model.eval()
@@ -220,14 +259,50 @@ class GRAPERewriterLoader:
 def _adapter_dir(name_or_path: str, subfolder: str, hub_kwargs: dict) -> str:
     """A local folder holding the adapter: the folder itself, or its files fetched from the Hub (or its cache)."""
     if Path(name_or_path).is_dir():
-        return str(Path(name_or_path) / subfolder)
+        folder = Path(name_or_path) / subfolder
+        if not (folder / "adapter_config.json").is_file() or not any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
+            found = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else "nothing"
+            raise FileNotFoundError(
+                f"The adapter folder {str(folder)!r} needs adapter_config.json and {ADAPTER_WEIGHTS[0]}; it holds "
+                f"{found}. Copy the whole rewriter folder again (or save it again from training)."
+            )
+        return str(folder)
     # Fetched here rather than by peft, whose offline lookup of a subfolder's weights misses the cache (peft 0.21).
     location = {"subfolder": subfolder} if subfolder else {}
     config_file = cached_file(name_or_path, "adapter_config.json", **location, **hub_kwargs)
-    for weights in ("adapter_model.safetensors", "adapter_model.bin"):
+    for weights in ADAPTER_WEIGHTS:
         if cached_file(name_or_path, weights, **location, **hub_kwargs, _raise_exceptions_for_missing_entries=False):
             break
+    else:
+        raise FileNotFoundError(
+            f"{name_or_path!r} has adapter_config.json{' in ' + subfolder if subfolder else ''} but no "
+            f"{ADAPTER_WEIGHTS[0]} next to it; upload the adapter's weights again."
+        )
     return str(Path(config_file).parent)
+
+
+def _check_adapter_complete(model: Any, source: str) -> None:
+    """Refuse an adapter file missing tensors that its `adapter_config.json` asks for: PEFT only warns, and the
+    missing LoRA layers then act as the base model."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    path = Path(source) / ADAPTER_WEIGHTS[0]
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as weights:
+            found = set(weights.keys())
+    else:
+        found = set(torch.load(Path(source) / ADAPTER_WEIGHTS[1], map_location="cpu", weights_only=True))
+    missing = sorted(expected - found)
+    if missing:
+        raise ValueError(
+            f"The adapter in {source!r} holds {len(expected) - len(missing)} of the {len(expected)} tensors its "
+            f"adapter_config.json asks for (missing e.g. {missing[:2]}); loaded, those layers would act as the base "
+            "model. The weights file is incomplete or belongs to another adapter: copy or save the folder again."
+        )
 
 
 def load_rewriter(

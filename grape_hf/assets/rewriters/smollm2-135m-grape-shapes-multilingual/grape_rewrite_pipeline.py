@@ -11,6 +11,7 @@ built-in prompts through [`register_pipeline`].
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,17 @@ from .folder import (
     REWRITER_CONFIG_NAME,
     GRAPERewriterConfig,
     GRAPERewriterLoader,
+    is_adapter_model,
     load_rewriter,
     read_json,
     save_rewriter_folder,
+    trained_prompt,
     with_pad_token,
 )
-from .generation import decode_rewrites, generate_rewrite_tokens
-from .prompting import adds_special_tokens, render_prompt, template_format
+from .generation import check_context, decode_rewrites, generate_rewrite_tokens
+from .prompting import adds_special_tokens, check_template, is_blank, needs_reference, render_prompt, template_format
+
+logger = logging.getLogger(__name__)
 
 TASK = "grape-rewrite"
 DEFAULT_SHIFT = "multilingual"
@@ -107,18 +112,26 @@ class GRAPERewritePipeline(Pipeline):
         """The prompt used: `{"user": ..., "system": ..., "shift": ..., "format": ...}` (see the class docstring for
         the order). A built-in kind comes in the format of the rewriter's trained prompt unless `prompt_format=`
         (`"chat"` or `"completion"`) says otherwise."""
-        trained = (self.rewriter_config or {}).get("prompt")
+        source = getattr(self.model, "grape_rewriter_path", None) or getattr(self.model, "name_or_path", None)
+        chosen = prompt is not None or shift is not None
+        trained = trained_prompt(self.rewriter_config, source, is_adapter=is_adapter_model(self.model) and not chosen)
         if prompt_format is None:
             prompt_format = template_format(trained) if trained else "chat"
         if prompt is not None:
-            template = {"user": prompt} if isinstance(prompt, str) else dict(prompt)
-            if not isinstance(template.get("user"), str):
-                raise ValueError(f"prompt= must be a user turn or a dict with a 'user' string; got {prompt!r}.")
+            template = {"user": prompt} if isinstance(prompt, str) else prompt
+            template = dict(check_template(template, "prompt="))
             template.setdefault("format", prompt_format)
         else:
             if trained and (shift is None or shift == trained.get("shift")):
                 template = dict(trained)
             else:
+                if shift is None:
+                    logger.warning(
+                        "%s has no %s: rewriting with the built-in %r prompt. Pass shift= or prompt= to choose one.",
+                        source,
+                        REWRITER_CONFIG_NAME,
+                        DEFAULT_SHIFT,
+                    )
                 shift = shift or DEFAULT_SHIFT
                 builtin = self.builtin_prompts or {}
                 if shift not in builtin:
@@ -134,10 +147,7 @@ class GRAPERewritePipeline(Pipeline):
                     kind = kind["completion"]
                 template = {"shift": shift, **{k: v for k, v in kind.items() if k != "completion"}}
                 template["format"] = prompt_format
-        template_format(template)
-        if "{query}" not in template["user"]:
-            raise ValueError(f"The prompt's user turn must contain '{{query}}'; got {template['user']!r}.")
-        return template
+        return check_template(template)
 
     def _sanitize_parameters(self, shift=None, prompt=None, prompt_format=None, num_rewrites=None, **generate_kwargs):
         preprocess, forward = {}, dict(generate_kwargs)
@@ -181,13 +191,19 @@ class GRAPERewritePipeline(Pipeline):
         references = self._references(reference, len(batch), single)
         call_kwargs = {k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
         template = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}["template"]
-        needs_reference = "{reference}" in template["user"]
+        composed = needs_reference(template)
+        if not composed and reference is not None:
+            raise ValueError(
+                f"reference= was given, but the {template.get('shift') or 'given'} prompt has no '{{reference}}' "
+                "slot, so it would be ignored. Use a composed prompt (shift='composed', or prompt= with "
+                "'{reference}') or drop reference=."
+            )
         results: list[dict | None] = [None] * len(batch)
         todo = []
         for i, (query, ref) in enumerate(zip(batch, references)):
-            if not query.strip():
+            if is_blank(query):
                 results[i] = {"query": query, "rewrites": [query], "rewrite": query, "prompt": None, "empty": True}
-            elif needs_reference and not isinstance(ref, str):
+            elif composed and not isinstance(ref, str):
                 raise ValueError(
                     f"The {template.get('shift') or 'given'} prompt needs a reference caption for query {i} "
                     f"({query!r:.60}); pass reference= (a string per query)."
@@ -227,6 +243,9 @@ class GRAPERewritePipeline(Pipeline):
     def _forward(self, model_inputs: dict, num_rewrites: int = 1, **generate_kwargs) -> dict:
         stop = model_inputs.get("stop_at_newline")  # a list when the pipeline batched the inputs
         stop = any(stop) if isinstance(stop, (list, tuple)) else bool(stop)
+        config = generate_kwargs.get("generation_config") or self.generation_config
+        max_new_tokens = generate_kwargs.get("max_new_tokens", config.max_new_tokens)
+        check_context(self.model, model_inputs["attention_mask"], max_new_tokens, model_inputs["query"])
         new_tokens = generate_rewrite_tokens(
             self.model,
             self.tokenizer,
