@@ -138,7 +138,7 @@ def main() -> None:
         name, _, folder = entry.partition("=")
         folder, _, started_from = folder.partition("@")
         config = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8"))
-        evaluation, training = config["evaluation"], config.get("training", {})
+        evaluation = config["evaluation"]
         if evaluation.get("num_queries") != len(queries) or evaluation.get("corpus_size") != len(scorer):
             raise SystemExit(f"{folder} was evaluated on {evaluation.get('num_queries')} queries, not {len(queries)}.")
         start = evaluation.get("zero_shot") or evaluation.get("start")
@@ -147,7 +147,7 @@ def main() -> None:
         methods[name] = {
             **evaluation["after"],
             "started_from": started_from or None,
-            "train_wall_minutes": round(training.get("train_seconds", 0) / 60, 1),
+            "train_wall_minutes": train_wall_minutes(folder),
             "measured_by": f"{folder} (after training)",
             "folder": folder,
         }
@@ -170,7 +170,7 @@ def main() -> None:
         name, _, folder = entry.partition("=")
         folder, _, started_from = folder.partition("@")
         rewriter = QueryRewriter.from_pretrained(folder, max_new_tokens=tokens)
-        run(name, rewriter, started_from or None, folder=folder)
+        run(name, rewriter, started_from or None, folder=folder, train_wall_minutes=train_wall_minutes(folder))
 
     if args.ship:
         ship(args.ship, methods)
@@ -180,6 +180,13 @@ def main() -> None:
     out = {"num_queries": len(queries), "_meta": meta, "methods": methods}
     RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(markdown_table({k: v for k, v in methods.items()}))
+
+
+def train_wall_minutes(folder: str) -> float | None:
+    """The training minutes a stage's folder recorded (`training.train_seconds` of its `grape_rewriter.json`)."""
+    config = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8"))
+    seconds = config.get("training", {}).get("train_seconds")
+    return None if seconds is None else round(seconds / 60, 1)
 
 
 def plot_chain(chain: list[str], methods: dict) -> Path | None:

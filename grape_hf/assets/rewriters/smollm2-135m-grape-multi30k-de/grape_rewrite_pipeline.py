@@ -25,6 +25,7 @@ from .folder import (
     GRAPERewriterLoader,
     is_adapter_model,
     load_rewriter,
+    load_tokenizer,
     read_json,
     save_rewriter_folder,
     trained_prompt,
@@ -66,7 +67,8 @@ class GRAPERewritePipeline(Pipeline):
     ```
     """
 
-    _load_tokenizer = True
+    # Soft: a shipped adapter folder may leave the tokenizer to its base model (Gemma's is 32 MB); see __init__.
+    _load_tokenizer = None
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
@@ -84,6 +86,12 @@ class GRAPERewritePipeline(Pipeline):
             rewriter_config if rewriter_config is not None else read_json(source, REWRITER_CONFIG_NAME)
         )
         self.builtin_prompts = read_json(source, PROMPTS_NAME) or self._packaged_prompts()
+        if kwargs.get("tokenizer") is None and len(args) < 2:
+            # As load_rewriter: the folder's tokenizer, else the adapter's base model's.
+            base = getattr(model, "grape_base_model", None)
+            if base is None:
+                raise ValueError(f"{source!r} holds no tokenizer and names no base model; pass tokenizer=.")
+            kwargs["tokenizer"] = load_tokenizer(base)
         super().__init__(*args, **kwargs)
         with_pad_token(self.tokenizer)
         self.tokenizer.padding_side = "left"
