@@ -13,15 +13,15 @@ Every retriever returns L2-normalised float32 embeddings, computed in batches un
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+
+from .identity import config_dict, settings_hash, state_fingerprint, tokenizer_settings
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +192,7 @@ class Retriever(ABC):
         ['fingerprint', 'settings', 'spec']
         ```
         """
-        settings = json.dumps(self.settings(), sort_keys=True, default=str, ensure_ascii=False)
-        return {
-            "spec": self.spec,
-            "fingerprint": self.fingerprint(),
-            "settings": hashlib.sha256(settings.encode("utf-8", "surrogatepass")).hexdigest(),
-        }
+        return {"spec": self.spec, "fingerprint": self.fingerprint(), "settings": settings_hash(self.settings())}
 
     @property
     def embedding_dim(self) -> int:
@@ -207,16 +202,6 @@ class Retriever(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={self.spec!r}, device={self.device!r})"
-
-
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state (parameter and buffer names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-    return digest.hexdigest()
 
 
 def check_texts(texts: list, what: str) -> None:
@@ -237,40 +222,6 @@ def check_texts(texts: list, what: str) -> None:
                     f"{text[err.start]!r} at position {err.start}. Fix the text at its source, or replace such "
                     "characters first, e.g. `text.encode('utf-8', 'replace').decode()`."
                 ) from None
-
-
-def _config_dict(config) -> dict:
-    """A transformers config as a dict, without the keys that name where or by which version it was loaded."""
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: v for k, v in values.items() if not k.startswith("_") and k != "transformers_version"}
-
-
-_TOKENIZER_LOCATION_KEYS = {
-    "name_or_path", "vocab_file", "merges_file", "tokenizer_file", "special_tokens_map_file", "is_local",
-    "local_files_only", "cache_dir", "token", "use_auth_token", "revision",
-}  # fmt: skip
-
-
-def tokenizer_settings(tokenizer) -> dict:
-    """A tokenizer's settings: its class, init arguments (not its file locations) and, for a fast tokenizer, a hash
-    of its full pipeline (normaliser, pre-tokeniser, vocabulary, post-processor) without the truncation and padding
-    that each call sets anew."""
-    if tokenizer is None:
-        return {}
-    out = {"class": type(tokenizer).__qualname__}
-    init = getattr(tokenizer, "init_kwargs", None)
-    if isinstance(init, dict):
-        out["init"] = {k: v for k, v in init.items() if k not in _TOKENIZER_LOCATION_KEYS}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        pipeline = json.loads(backend.to_str())
-        pipeline.pop("truncation", None)
-        pipeline.pop("padding", None)
-        out["pipeline_sha256"] = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode()).hexdigest()
-    for attr in ("context_length", "model_max_length", "do_lower_case"):
-        if hasattr(tokenizer, attr) and attr not in out.get("init", {}):
-            out[attr] = getattr(tokenizer, attr)
-    return out
 
 
 class OpenCLIPRetriever(Retriever):
@@ -363,7 +314,7 @@ class HFCLIPRetriever(Retriever):
         image_processor = getattr(self.processor, "image_processor", None)
         return {
             **super().settings(),
-            "model_config": _config_dict(self.model.config),
+            "model_config": config_dict(self.model.config),
             "tokenizer": tokenizer_settings(self._tokenizer),
             "image_processor": image_processor.to_dict() if hasattr(image_processor, "to_dict") else None,
         }
@@ -439,7 +390,7 @@ class SentenceTransformerRetriever(Retriever):
                     entry[attr] = getattr(module, attr)
             inner = getattr(module, "auto_model", None)
             if inner is not None and hasattr(inner, "config"):
-                entry["model_config"] = _config_dict(inner.config)
+                entry["model_config"] = config_dict(inner.config)
             modules.append(entry)
         return {
             **super().settings(),
