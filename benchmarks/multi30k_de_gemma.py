@@ -183,9 +183,12 @@ def main() -> None:
 
 
 def train_wall_minutes(folder: str) -> float | None:
-    """The training minutes a stage's folder recorded (`training.train_seconds` of its `grape_rewriter.json`)."""
-    config = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8"))
-    seconds = config.get("training", {}).get("train_seconds")
+    """The training minutes a stage's folder recorded in its `grape_rewriter.json`: `training.train_seconds` (GRPO),
+    or the sampling and fine-tuning seconds of every round in `training.history` (self-distillation)."""
+    training = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8")).get("training", {})
+    seconds = training.get("train_seconds")
+    if seconds is None and training.get("history"):
+        seconds = sum(r.get("sample_seconds", 0) + r.get("train_seconds", 0) for r in training["history"])
     return None if seconds is None else round(seconds / 60, 1)
 
 

@@ -25,6 +25,7 @@ from .rewriting.folder import (
     add_pipeline_files,
     save_rewriter_folder,
 )
+from .rewriting.prompting import render_completion
 from .rewriting.prompts import PROMPTS_FILE
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
@@ -173,6 +174,10 @@ def build_model_card(
     )
     prompt = config["prompt"]
     shift = config.get("shift") or prompt.get("shift")
+    completion_prompt = None
+    if prompt.get("format") == "completion":  # a base model: show the whole text it continues
+        reference = "{reference}" if "{reference}" in prompt["user"] else None
+        completion_prompt = render_completion(prompt, "{query}", reference)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -187,6 +192,8 @@ def build_model_card(
         shift=shift,
         reward=config.get("reward"),
         prompt=prompt,
+        completion_prompt=completion_prompt,
+        stages=(config.get("training") or {}).get("stages"),
         training=config.get("training") or {},
         evaluation=evaluation,
         evaluation_rows=rows,

@@ -97,7 +97,8 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
         gr.Markdown(
             "# GRAPE: rewrite the query, not the retriever\n"
             "A frozen retriever fails on queries it was never trained for: another language, a long chatty "
-            "description, a reference image plus an edit. A small LLM (SmolLM2-135M) trained with GRPO on the "
+            "description, a reference image plus an edit. A small LLM (SmolLM2-135M; Gemma 3 270M for the "
+            "captions) trained with GRPO on the "
             "retriever's **ranking** ([GRAPE, arXiv 2509.23370](https://arxiv.org/abs/2509.23370)) rewrites the "
             "query. Below: what the retriever returns for the query as written and as rewritten (the target, when "
             "the query is a held-out one, framed in green and starred). Built with grape_hf's "

@@ -22,7 +22,7 @@ Environment variables (all optional; the defaults are shipped with grape_hf and 
 | `GRAPE_SPACE_REWRITER_MULTILINGUAL` | the shipped `smollm2-135m-grape-shapes-multilingual` |
 | `GRAPE_SPACE_REWRITER_LONG_FORM` | `HuggingFaceTB/SmolLM2-135M-Instruct`, prompt-only with the `long_form` prompt |
 | `GRAPE_SPACE_REWRITER_COMPOSED` | the shipped `smollm2-135m-grape-shapes-composed` |
-| `GRAPE_SPACE_REWRITER_CAPTIONS` | the shipped `smollm2-135m-grape-multi30k-de` |
+| `GRAPE_SPACE_REWRITER_CAPTIONS` | the shipped `gemma3-270m-grape-multi30k-de` (Gemma 3 270M, rank-GRPO) |
 | `GRAPE_SPACE_IMAGE_RETRIEVER` | `open_clip:grape-shapes-clip@grape-shapes` |
 | `GRAPE_SPACE_CAPTION_RETRIEVER` | `sentence-transformers:all-MiniLM-L6-v2` |
 | `GRAPE_SPACE_CAPTIONS_DATA` | `../shared/data/multi30k` beside the repo; any `load_grape_dataset` source (*) |
@@ -83,7 +83,7 @@ class SpaceSettings:
             "multilingual": str(shipped_rewriter_path("smollm2-135m-grape-shapes-multilingual")),
             "long_form": SMOLLM2_ID,
             "composed": str(shipped_rewriter_path("smollm2-135m-grape-shapes-composed")),
-            "captions": str(shipped_rewriter_path("smollm2-135m-grape-multi30k-de")),
+            "captions": str(shipped_rewriter_path("gemma3-270m-grape-multi30k-de")),
         }
         rewriters = {name: env.get(f"GRAPE_SPACE_REWRITER_{name.upper()}", path) for name, path in defaults.items()}
         return cls(

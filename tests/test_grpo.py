@@ -63,7 +63,7 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
         "max_eval_images: 24\nmax_eval_samples: 6\nretriever: sentence-transformers:all-MiniLM-L6-v2\n"
         f"reward_funcs: [rank]\ncorpus_cache_dir: {tmp_path / 'cache'}\noutput_dir: {out}\nmax_steps: 1\n"
         "per_device_train_batch_size: 3\nnum_generations: 3\nmax_completion_length: 8\nreport_to: none\n"
-        "use_cpu: true\nsave_strategy: 'no'\neval_batch_size: 4\n"
+        f"use_cpu: true\nsave_strategy: 'no'\neval_batch_size: 4\ncompare_rewriters: [{tiny_llama_dir}]\n"
     )
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "grpo_grape.py"), "--config", str(config), "--learning_rate", "1e-3"],
@@ -83,7 +83,9 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
     assert adapter["base_model_name_or_path"] == str(tiny_llama_dir)
     assert (out / "README.md").read_text().count("R@10") >= 1  # the GRAPE model card
     results = json.loads((out / "eval" / "before_after.json").read_text())
-    assert list(results) == ["original query", "zero-shot rewriter", "GRAPE rewriter"]
+    # compare_rewriters: one more row on the same queries (the plain base model, with the built-in prompt).
+    assert list(results) == ["original query", "zero-shot rewriter", "GRAPE rewriter", tiny_llama_dir.name]
+    assert f"| {tiny_llama_dir.name} |" in result.stdout
     assert (out / "eval" / "before_after.png").stat().st_size > 1000
     # What the recipe saved loads in one line, with the prompt it was trained with.
     from transformers import pipeline
@@ -102,6 +104,11 @@ def test_recipe_end_to_end_with_adapter(tiny_llama_dir, multi30k_path, tmp_path)
         ({"reward_funcs": ["recall"]}, "Unknown reward 'recall'"),
         ({"shift": "sideways"}, "Unknown shift 'sideways'"),
         ({"retriever": "faiss:x"}, "Unknown retriever spec 'faiss:x'"),
+        ({"compare_rewriters": ["no-such-rewriter"]}, "'no-such-rewriter' is neither a folder here"),
+        (
+            {"compare_rewriters": ["gemma3-270m-grape-multi30k-de"], "evaluate_before_after": False},
+            "set evaluate_before_after: true",
+        ),
     ],
 )
 def test_script_arguments_validate(override, message):

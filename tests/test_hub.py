@@ -142,6 +142,23 @@ def test_card_lists_the_earlier_stages_on_the_same_queries():
     assert len(card.data.eval_results) == 10
 
 
+def test_card_of_a_base_model_shows_the_plain_text_prompt_and_the_stages():
+    from grape_hf.hub import build_model_card
+
+    prompt = {
+        "format": "completion",
+        "system": "Translate into English.",
+        "user": "Text: {query}\nEnglish:",
+        "examples": [{"query": "Ein Hund läuft.", "rewrite": "A dog runs."}],
+    }
+    config = rewriter_config("google/gemma-3-270m", prompt=prompt, training={"stages": ["grpo", "self_distillation"]})
+    text = build_model_card(config).text
+    # The whole text the base model continues, the few-shot example included; no chat turns.
+    assert "Translate into English.\nText: Ein Hund läuft.\nEnglish: A dog runs.\nText: {query}\nEnglish:\n" in text
+    assert "no chat template" in text and "System:" not in text
+    assert "(stages, in order: grpo → self_distillation)" in text
+
+
 def test_upload_folder_of_a_full_model(trained, tmp_path):
     from grape_hf.hub import build_upload_folder
     from grape_hf.rewriting.folder import REMOTE_TASK

@@ -131,6 +131,14 @@ class GRAPEScriptArguments(ScriptArguments):
         },
     )
     curve_queries: int = field(default=48, metadata={"help": "Held-out queries of the R@10 curve."})
+    compare_rewriters: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Rewriters evaluated after training on the same held-out queries, as more rows of the before/after"
+            " table: a rewriter folder, a Hub id, or the name of one shipped with grape_hf (e.g. "
+            "gemma3-270m-grape-multi30k-de), each with the prompt it was trained with."
+        },
+    )
 
     def __post_init__(self):
         if hasattr(super(), "__post_init__"):
@@ -147,6 +155,19 @@ class GRAPEScriptArguments(ScriptArguments):
                 f"curve_eval_steps must be >= 0 (got {self.curve_eval_steps}) and curve_queries >= 1 "
                 f"(got {self.curve_queries})."
             )
+        if isinstance(self.compare_rewriters, str):
+            self.compare_rewriters = [self.compare_rewriters]
+        for name in self.compare_rewriters:
+            if not (_is_shipped_rewriter(name) or _exists_or_hub_id(name)):
+                raise ValueError(
+                    f"compare_rewriters: {name!r} is neither a folder here, a Hub repo id, nor a rewriter shipped "
+                    "with grape_hf (grape_hf.rewriting.rewriter.shipped_rewriters() lists those)."
+                )
+            if not self.evaluate_before_after:
+                raise ValueError(
+                    f"compare_rewriters ({self.compare_rewriters}) adds rows to the before/after evaluation; set "
+                    "evaluate_before_after: true, or drop compare_rewriters."
+                )
         if self.init_rewriter is not None and not _exists_or_hub_id(self.init_rewriter):
             raise ValueError(
                 f"init_rewriter {self.init_rewriter!r} is not a folder here; give the output_dir of an earlier stage "
@@ -161,6 +182,12 @@ class GRAPEScriptArguments(ScriptArguments):
                 f"reward_corpus_descriptions must be 1-5 (Multi30k task2 has five descriptions per image), got "
                 f"{self.reward_corpus_descriptions}."
             )
+
+
+def _is_shipped_rewriter(name: str) -> bool:
+    from ..rewriting.rewriter import shipped_rewriters
+
+    return "/" not in name and name in shipped_rewriters()
 
 
 def _exists_or_hub_id(name: str) -> bool:

@@ -132,8 +132,15 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         after = evaluate_methods(
             {"GRAPE rewriter": rewriter}, template, eval_data, eval_scorer, script_args.eval_batch_size
         )
-        results = {**before["results"], **after["results"]}
-        rewrites = {**before["rewrites"], **after["rewrites"]}
+        compared = evaluate_methods(
+            compare_rewriters(script_args.compare_rewriters, model_args.dtype),
+            template,
+            eval_data,
+            eval_scorer,
+            script_args.eval_batch_size,
+        )
+        results = {**before["results"], **after["results"], **compared["results"]}
+        rewrites = {**before["rewrites"], **after["rewrites"], **compared["rewrites"]}
         title = (
             f"{eval_data.name}: {len(eval_data.queries)} queries, corpus {len(eval_scorer)} ({script_args.retriever})"
         )
@@ -178,3 +185,17 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
                 output_dir, training_args.hub_model_id or output_dir.name, private=training_args.hub_private_repo
             )
     return evaluation
+
+
+def compare_rewriters(names: list[str], dtype=None) -> dict:
+    """Row name -> [`QueryRewriter`] for `compare_rewriters`: a shipped rewriter's name (its row: "shipped <name>"), a
+    folder (its row: the folder's name) or a Hub id, each loaded with the prompt it was trained with."""
+    from ..rewriting.rewriter import shipped_rewriter_path, shipped_rewriters
+
+    rows = {}
+    for name in names:
+        shipped = "/" not in name and name in shipped_rewriters()
+        source = str(shipped_rewriter_path(name)) if shipped else name
+        row = f"shipped {name}" if shipped else (Path(name).name if Path(name).exists() else name)
+        rows[row] = QueryRewriter.from_pretrained(source, dtype=dtype or "auto")
+    return rows
