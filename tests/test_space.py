@@ -37,6 +37,11 @@ def space_url(tmp_path_factory):
     """`spaces/app.py` running on a free localhost port, as `make space` starts it."""
     import urllib.request
 
+    from grape_hf.models import GEMMA3_270M_ID, resolve_model_path
+
+    # The caption track's Gemma: its de-quantized copy is built once per machine (~2 min), outside the startup clock.
+    resolve_model_path(GEMMA3_270M_ID)
+
     port = _free_port()
     log_path = tmp_path_factory.mktemp("space") / "app.log"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
