@@ -151,6 +151,11 @@ def shipped_rewriters() -> list[str]:
     return sorted(p.name for p in SHIPPED_REWRITERS_DIR.iterdir() if (p / REWRITER_CONFIG_NAME).is_file())
 
 
+def is_shipped_rewriter(name: str) -> bool:
+    """Whether `name` is the name of a rewriter shipped inside grape_hf (not a path or a Hub id)."""
+    return "/" not in name and name in shipped_rewriters()
+
+
 def shipped_rewriter_path(name: str = "smollm2-135m-grape-multi30k-de") -> Path:
     """The folder of a rewriter shipped with grape_hf, for `pipeline("grape-rewrite", model=...)`.
 

@@ -157,12 +157,15 @@ class GRAPEScriptArguments(ScriptArguments):
             )
         if isinstance(self.compare_rewriters, str):
             self.compare_rewriters = [self.compare_rewriters]
-        for name in self.compare_rewriters:
-            if not (_is_shipped_rewriter(name) or _exists_or_hub_id(name)):
-                raise ValueError(
-                    f"compare_rewriters: {name!r} is neither a folder here, a Hub repo id, nor a rewriter shipped "
-                    "with grape_hf (grape_hf.rewriting.rewriter.shipped_rewriters() lists those)."
-                )
+        if self.compare_rewriters:
+            from ..rewriting.rewriter import is_shipped_rewriter
+
+            for name in self.compare_rewriters:
+                if not (is_shipped_rewriter(name) or _exists_or_hub_id(name)):
+                    raise ValueError(
+                        f"compare_rewriters: {name!r} is neither a folder here, a Hub repo id, nor a rewriter shipped "
+                        "with grape_hf (grape_hf.rewriting.rewriter.shipped_rewriters() lists those)."
+                    )
             if not self.evaluate_before_after:
                 raise ValueError(
                     f"compare_rewriters ({self.compare_rewriters}) adds rows to the before/after evaluation; set "
@@ -182,12 +185,6 @@ class GRAPEScriptArguments(ScriptArguments):
                 f"reward_corpus_descriptions must be 1-5 (Multi30k task2 has five descriptions per image), got "
                 f"{self.reward_corpus_descriptions}."
             )
-
-
-def _is_shipped_rewriter(name: str) -> bool:
-    from ..rewriting.rewriter import shipped_rewriters
-
-    return "/" not in name and name in shipped_rewriters()
 
 
 def _exists_or_hub_id(name: str) -> bool:

@@ -190,11 +190,11 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
 def compare_rewriters(names: list[str], dtype=None) -> dict:
     """Row name -> [`QueryRewriter`] for `compare_rewriters`: a shipped rewriter's name (its row: "shipped <name>"), a
     folder (its row: the folder's name) or a Hub id, each loaded with the prompt it was trained with."""
-    from ..rewriting.rewriter import shipped_rewriter_path, shipped_rewriters
+    from ..rewriting.rewriter import is_shipped_rewriter, shipped_rewriter_path
 
     rows = {}
     for name in names:
-        shipped = "/" not in name and name in shipped_rewriters()
+        shipped = is_shipped_rewriter(name)
         source = str(shipped_rewriter_path(name)) if shipped else name
         row = f"shipped {name}" if shipped else (Path(name).name if Path(name).exists() else name)
         rows[row] = QueryRewriter.from_pretrained(source, dtype=dtype or "auto")
