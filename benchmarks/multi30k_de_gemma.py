@@ -14,14 +14,16 @@ the 1,014 English captions, and records each with R@1/5/10, MRR, nDCG@10 and its
   the same 1,014 queries, retriever and corpus (`FOLDER/grape_rewriter.json`): `after` as NAME, and its starting
   rewriter (`zero_shot`/`start`) as STARTED_FROM, with the recipe's training wall minutes; nothing is run again;
 - `prompted_<PROMPT>` for each `--prompt PROMPT` of `PROMPTS` (the prompted Gemma with that prompt, e.g. the one a
-  training recipe starts from);
+  training recipe starts from; the prompt `prompted` chose measures the `prompted` row again);
 - with `--ship METHOD`, that row's folder is shipped as grape_hf's `gemma3-270m-grape-multi30k-de` (fp16 adapter, no
   tokenizer files: the base model's rebuilt tokenizer is used), its `grape_rewriter.json` holding the table's rows;
 - with `--plot START,STAGE,STAGE...` (a chain of rows, each stage started from the one before), the held-out R@10
   of the chain against completions seen, and the training batches' similarities, in
   `results/multi30k_de_gemma_curves.png`;
 - `oracle_best_of_8` with `--oracle FOLDER`: the best of 8 samples (temperature 1) per query of that policy, picked
-  knowing the target (the room a policy could still learn).
+  knowing the target (the room a policy could still learn);
+- with `--paired A,B` (repeatable), an exact paired sign test of R@10 between two rows on the same queries
+  (`grape_hf.metrics.paired_recall_test`), from the per-query ranks every row measured here keeps.
 
     python benchmarks/multi30k_de_gemma.py                       # german_as_is, prompted, smollm2_shipped
     python benchmarks/multi30k_de_gemma.py --only --method grape_rank=outputs/gemma-3-270m-grape-multi30k-de@prompted
@@ -29,7 +31,9 @@ the 1,014 English captions, and records each with R@1/5/10, MRR, nDCG@10 and its
     python benchmarks/multi30k_de_gemma.py --only --oracle outputs/gemma-3-270m-grape-multi30k-de
 
 Writes (merging with what is there) `benchmarks/results/multi30k_de_gemma.json`:
-`{"num_queries": 1014, "methods": {name: {"R@1": ..., "R@10": ..., "started_from": ..., "eval_cpu_minutes": ...}}}`.
+`{"num_queries": 1014, "methods": {name: {"R@1": ..., "R@10": ..., "started_from": ..., "eval_cpu_minutes": ...}},
+"paired": {"A vs B": {"wins": ..., "losses": ..., "p_value": ...}}}`, and each row's rank and rewrite per query in
+`benchmarks/results/multi30k_de_gemma_per_query.json` (`{"methods": {name: {"ranks": [...], "rewrites": [...]}}}`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("GRAPE_MULTI30K", REPO.parent / "shared" / "data" / "multi30k"))
 RESULTS = REPO / "benchmarks" / "results" / "multi30k_de_gemma.json"
+PER_QUERY = RESULTS.with_name("multi30k_de_gemma_per_query.json")  # each row's rank and rewrite per val query
 GEMMA = "google/gemma-3-270m"
 # Base-model prompts tried for `prompted` (chosen on training queries): the shipped multilingual completion prompt,
 # and the issue's German-named 2-shot prompt.
@@ -84,6 +89,7 @@ def main() -> None:
     parser.add_argument("--oracle", default=None, help="FOLDER: oracle_best_of_8 of that policy.")
     parser.add_argument("--plot", default=None, help="START,STAGE,...: plot that chain of rows.")
     parser.add_argument("--ship", default=None, help="METHOD: ship its folder as gemma3-270m-grape-multi30k-de.")
+    parser.add_argument("--paired", action="append", default=[], help="A,B: a paired R@10 test of two rows.")
     parser.add_argument("--only", action="store_true", help="Only the rows asked for (not the baselines).")
     args = parser.parse_args()
 
@@ -91,7 +97,8 @@ def main() -> None:
 
     from grape_hf import RankScorer, load_retriever
     from grape_hf.data import load_multi30k
-    from grape_hf.evaluation import evaluate_rewriters, markdown_table
+    from grape_hf.evaluation import evaluate_rewriters, markdown_table, query_ranks
+    from grape_hf.metrics import paired_recall_test
     from grape_hf.rewriting.devices import cpu_description
     from grape_hf.rewriting.rewriter import QueryRewriter, shipped_rewriter_path
 
@@ -102,7 +109,30 @@ def main() -> None:
     scorer = RankScorer(retriever, val.corpus, show_progress_bar=False)
     queries, targets = list(val.queries["query"]), list(val.queries["target_id"])
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    methods, meta = saved.get("methods", {}), saved.get("_meta", {})
+    methods, meta, paired = saved.get("methods", {}), saved.get("_meta", {}), saved.get("paired", {})
+    held = json.loads(PER_QUERY.read_text()) if PER_QUERY.is_file() else {}
+    per_query = held.get("methods", {})
+    for path, counted in ((RESULTS, saved.get("num_queries")), (PER_QUERY, held.get("num_queries"))):
+        if counted not in (None, len(queries)):
+            raise SystemExit(
+                f"{path} holds rows on {counted} queries, this run has {len(queries)}: rows on different query "
+                "sets do not share a table. Move the file aside first (nothing was run)."
+            )
+    # Every --paired row must have per-query ranks once this run is done: check before running anything.
+    planned = set(per_query) | {e.partition("=")[0] for e in args.method}
+    planned |= {"oracle_best_of_8"} if args.oracle else set()
+    planned |= {"prompted" if methods.get("prompted", {}).get("prompt") == p else f"prompted_{p}" for p in args.prompt}
+    planned |= set() if args.only else {"german_as_is", "prompted", "smollm2_shipped"}
+    for pair in args.paired:
+        missing = [m for m in pair.split(",") if m not in planned]
+        if len(pair.split(",")) != 2 or missing:
+            raise SystemExit(
+                f"--paired {pair!r}: give two rows as A,B, each with per-query ranks (measured here: "
+                f"{sorted(per_query)}, or run in this call); missing {missing}. Nothing was run."
+            )
+
+    def keep_per_query(name: str, rewrites: list[str], ranks) -> None:
+        per_query[name] = {"ranks": [int(r) for r in ranks], "rewrites": list(rewrites)}
 
     def run(name: str, rewriter, started_from: str | None, **extra) -> None:
         start = time.process_time()
@@ -110,6 +140,7 @@ def main() -> None:
         row = {**results[name], "started_from": started_from, "eval_cpu_minutes": cpu_minutes(start), **extra}
         row["examples"] = [{"query": q, "rewrite": r} for q, r in zip(queries[:3], rewrites[name][:3])]
         methods[name] = row
+        keep_per_query(name, rewrites[name], query_ranks(scorer, rewrites[name], targets))
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'examples'})}", flush=True)
 
     if not args.only:
@@ -154,7 +185,11 @@ def main() -> None:
         print(f"{name}: {json.dumps(methods[name])}", flush=True)
     for prompt in args.prompt:
         rewriter = QueryRewriter.from_pretrained(GEMMA, template=template_for(prompt), max_new_tokens=tokens)
-        run(f"prompted_{prompt}", rewriter, None, prompt=prompt)
+        chosen = methods.get("prompted", {})
+        if chosen.get("prompt") == prompt:  # the prompt `prompted` chose on training queries: measure that row again
+            run("prompted", rewriter, None, prompt=prompt, prompt_train_R10=chosen.get("prompt_train_R10"))
+        else:
+            run(f"prompted_{prompt}", rewriter, None, prompt=prompt)
     if args.oracle:
         from grape_hf.metrics import retrieval_metrics
         from grape_hf.training.stages import best_of_n, load_fast_rewriter
@@ -165,6 +200,7 @@ def main() -> None:
         row = {**retrieval_metrics(ranks), "started_from": None, "eval_cpu_minutes": cpu_minutes(start)}
         row.update(policy=args.oracle, examples=[{"query": q, "rewrite": r} for q, r in zip(queries[:3], best[:3])])
         methods["oracle_best_of_8"] = row
+        keep_per_query("oracle_best_of_8", best, ranks)
         print(f"oracle_best_of_8: {json.dumps({k: v for k, v in row.items() if k != 'examples'})}", flush=True)
     for entry in args.method:
         name, _, folder = entry.partition("=")
@@ -172,13 +208,20 @@ def main() -> None:
         rewriter = QueryRewriter.from_pretrained(folder, max_new_tokens=tokens)
         run(name, rewriter, started_from or None, folder=folder, train_wall_minutes=train_wall_minutes(folder))
 
+    for pair in args.paired:
+        a, _, b = pair.partition(",")
+        paired[f"{a} vs {b}"] = paired_recall_test(per_query[a]["ranks"], per_query[b]["ranks"], k=10)
+        print(f"{a} vs {b} (R@10, paired): {json.dumps(paired[f'{a} vs {b}'])}", flush=True)
+
     if args.ship:
         ship(args.ship, methods)
     if args.plot:
         plot_chain(args.plot.split(","), methods)
     meta.update(cpu=cpu_description(), date=time.strftime("%Y-%m-%d"), retriever=retriever.spec, corpus=len(scorer))
-    out = {"num_queries": len(queries), "_meta": meta, "methods": methods}
+    out = {"num_queries": len(queries), "_meta": meta, "methods": methods, "paired": paired}
     RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    per_query_out = {"num_queries": len(queries), "queries": queries, "target_ids": [int(t) for t in targets]}
+    PER_QUERY.write_text(json.dumps({**per_query_out, "methods": per_query}, ensure_ascii=False) + "\n")
     print(markdown_table({k: v for k, v in methods.items()}))
 
 

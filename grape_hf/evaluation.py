@@ -15,6 +15,7 @@ from .rewriting.rewriter import QueryRewriter
 __all__ = [
     "METRICS",
     "retrieval_metrics",
+    "query_ranks",
     "evaluate_retrieval",
     "evaluate_rewriters",
     "markdown_table",
@@ -23,17 +24,23 @@ __all__ = [
 ]
 
 
-def evaluate_retrieval(scorer: RankScorer, queries: list[str], target_ids) -> dict[str, float]:
-    """Rank each query's target among the scorer's corpus and return [`retrieval_metrics`] plus the mean rank.
-
-    Empty queries (e.g. an empty rewrite) rank last.
-    """
+def query_ranks(scorer: RankScorer, queries: list[str], target_ids) -> torch.Tensor:
+    """The 1-based rank of each query's target among the scorer's corpus; an empty query (e.g. an empty rewrite)
+    ranks last. Keep these per query to compare two methods on the same queries
+    ([`~grape_hf.metrics.paired_recall_test`])."""
     queries = [str(q) for q in queries]
     targets = list(target_ids)
     ranks = torch.full((len(queries),), len(scorer), dtype=torch.long)
     keep = [i for i, q in enumerate(queries) if q.strip()]
     if keep:
         ranks[keep] = scorer.ranks([queries[i] for i in keep], [targets[i] for i in keep])
+    return ranks
+
+
+def evaluate_retrieval(scorer: RankScorer, queries: list[str], target_ids) -> dict[str, float]:
+    """Rank each query's target among the scorer's corpus ([`query_ranks`]) and return [`retrieval_metrics`] plus
+    the mean rank."""
+    ranks = query_ranks(scorer, queries, target_ids)
     metrics = retrieval_metrics(ranks)
     metrics[MEAN_RANK] = round(ranks.float().mean().item(), 2)
     return metrics

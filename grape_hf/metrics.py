@@ -66,3 +66,45 @@ def prefix_metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     ```
     """
     return {f"{prefix}/{name}": value for name, value in metrics.items()}
+
+
+def paired_recall_test(ranks_a, ranks_b, k: int = 10) -> dict[str, float]:
+    r"""Compare two methods on the *same* queries by R@k, query by query: an exact two-sided sign test (McNemar's
+    exact test) on the queries where exactly one of them puts the target in the top `k`.
+
+    Two proportions measured on one query set are correlated, so their difference has a much smaller spread than
+    two independent samples would; this is the test to read a few points of R@k with.
+
+    Args:
+        ranks_a, ranks_b (`Sequence[int]` or `torch.Tensor`): The target's 1-based rank per query, same order.
+        k (`int`, *optional*, defaults to `10`): The cut-off.
+
+    Returns:
+        `dict`: `wins` (queries only `a` retrieves in the top `k`), `losses` (only `b`), `ties`, `delta` (R@k of
+        `a` minus that of `b`) and `p_value` (two-sided; 1.0 when no query differs).
+
+    Example:
+    ```python
+    >>> from grape_hf.metrics import paired_recall_test
+    >>> paired_recall_test([1, 3, 5, 2, 40], [20, 30, 50, 2, 40], k=10)
+    {'wins': 3, 'losses': 0, 'ties': 2, 'delta': 0.6, 'p_value': 0.25}
+    ```
+    """
+    import math
+
+    a = torch.as_tensor(ranks_a) <= k
+    b = torch.as_tensor(ranks_b) <= k
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_recall_test needs one rank per query for both methods; got {a.shape} and {b.shape}.")
+    if a.numel() == 0:
+        raise ValueError("No ranks to compare: the query set is empty.")
+    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n if n else 0.5
+    return {
+        "wins": wins,
+        "losses": losses,
+        "ties": a.numel() - n,
+        "delta": round((wins - losses) / a.numel(), 4),
+        "p_value": round(min(1.0, 2 * tail), 4),
+    }
