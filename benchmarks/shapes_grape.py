@@ -1,31 +1,35 @@
-"""GRAPE on the shapes CLIP track, stage by stage (issue 14): does the rank reward teach SmolLM2 what CLIP wants?
+"""GRAPE on the shapes CLIP track, stage by stage (issues 14, 28): does the rank reward teach an LLM what CLIP wants?
 
 The retriever is the shipped `open_clip:grape-shapes-clip@grape-shapes` ranking rendered images (text → image). For
 each shift of `grape_hf.shapes` (multilingual de/fr/es/zh, long-form, composed) the task is `build_grape_task`'s
 (train: seed 2's world minus the held-out scenes; validation: 200 queries over seed 1's 1,000 images) and every
-stage is grape_hf's own, run through its recipe config (`recipes/SmolLM2-135M-Instruct/{distill,grpo}/
-config_shapes.yaml`) with the shift's few-shot prompt:
+stage is grape_hf's own, run through its recipe config (`recipes/<model>/{distill,grpo}/config_shapes.yaml`) with
+the shift's few-shot prompt:
 
 - `no_rewrite`: the shifted query as it is; `oracle`: the target's canonical caption (the ceiling);
   `reference_caption` (composed): copying the reference and ignoring the edit;
-- `zero_shot`: SmolLM2 with the prompt, no training;
+- `zero_shot`: the base model (SmolLM2-135M-Instruct, or Gemma 3 270M with `--rewriter gemma3-270m`) with the prompt,
+  no training (for Gemma: the shift's plain-text few-shot completion prompt, the multilingual one naming no language);
 - `self_distillation`: rank-filtered self-distillation from the zero-shot policy (`grape_hf.training.distill`: no
-captions
-  or translations as labels, only what the retriever's ranking picks);
-- `grape_rank`: GRPO `rank` from the self-distillation policy (`grape_hf.training.grpo --init_rewriter`);
+  captions or translations as labels, only what the retriever's ranking picks);
+- `grape_rank`: GRPO `rank` from the better of zero-shot and self-distillation (`grape_hf.training.grpo`, with
+  `--init_rewriter` from self-distillation);
 - `grpo_similarity`: GRPO `similarity` from the same start with the same budget (the inflation comparison);
-- `oracle_best_of_8`: the best of 8 samples of the final policy, picked knowing the target.
+- `oracle_best_of_8`: the best of 8 samples of the final policy, picked knowing the target;
+- the word-level probe (`grape_hf.shapes.word_probe`) of the held-out rewrites: per attribute word and language, how
+  often a method names it when the target has it, and when it has not (`word_probes`).
 
     python benchmarks/shapes_grape.py --quick        # tiny sizes: checks the pipeline in minutes
     python benchmarks/shapes_grape.py --ship         # the sizes below, then ship the grape_rank rewriters
+    python benchmarks/shapes_grape.py --rewriter gemma3-270m --shifts multilingual long_form --ship
     python benchmarks/shapes_grape.py --shifts composed --variant rr --start_from grape_rank \
         --grpo_args --reward_funcs reciprocal_rank   # one more GRPO stage, method grape_rank_rr
     python benchmarks/shapes_grape.py --shifts composed --variant r1 --start_from grape_rank \
         --distill_args --max_rank 1                  # one more self-distillation stage, method self_distillation_r1
 
 Stages are cached in --output_dir (finished stages are reused, GRPO resumes from its last checkpoint). Writes
-benchmarks/results/shapes{,_quick}.json (shift → method → metric → value), shapes_grape{,_quick}.md, and the R@10
-and curve plots.
+benchmarks/results/shapes{,_quick}.json (shift → method → metric → value; another rewriter's under its key, e.g.
+`gemma3-270m`), shapes_grape{_gemma3-270m,}{,_quick}.md, and the R@10 and curve plots.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-RECIPES = REPO / "recipes" / "SmolLM2-135M-Instruct"
+RECIPES = REPO / "recipes"
 ASSETS = REPO / "grape_hf" / "assets" / "rewriters"
 RETRIEVER = "open_clip:grape-shapes-clip@grape-shapes"
 SHIFTS = ("multilingual", "long_form", "composed")
@@ -57,12 +61,38 @@ METHODS = (
     "oracle",
     "reference_caption",
 )
+# The rewriters this benchmark trains (--rewriter): the base model, its recipe folder, its prompt format, the dtype of
+# its evaluation and sampling, where its rows go in shapes.json (None: the top level, as before Gemma) and the name of
+# its shipped folders. SmolLM2's rows were measured in bf16 on an AMX CPU; "auto" is bf16 only where it is native.
+REWRITERS = {
+    "smollm2-135m": {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "recipes": "SmolLM2-135M-Instruct",
+        "prompt_format": "chat",
+        "dtype": "bfloat16",
+        "results_key": None,
+        "shipped": "smollm2-135m-grape-shapes-{shift}",
+    },
+    "gemma3-270m": {
+        "model": "google/gemma-3-270m",
+        "recipes": "gemma-3-270m",
+        "prompt_format": "completion",
+        "dtype": "auto",
+        "results_key": "gemma3-270m",
+        "shipped": "gemma3-270m-grape-shapes-{shift}",
+    },
+}
 # The built-in multilingual prompt names German; the shapes queries come in four languages.
 MULTILINGUAL_PROMPT = {
     "system": "You rewrite search queries for an English image-caption search engine.",
     "user": "Translate this image description into English, as a short image caption. Reply with the English "
     "description only.\n\n{query}",
 }
+# Gemma's long-form prompt asks for a length CLIP's 32-token text window holds (its built-in one does not).
+LONG_FORM_COMPLETION = (
+    "Summarise each long description as one short image caption of at most 16 words that keeps every object, colour, "
+    "size and position."
+)
 # Demonstrations per prompt (count, objects in each). SmolLM2-135M does not find the caption style zero-shot
 # (long-form rewrites are chatter without one), and given one it often copies it verbatim; two that differ curb
 # that. Long-form queries are ~300 tokens, so they get one, of one object.
@@ -107,7 +137,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build_task(shift: str, folder: Path, sizes: dict):
+def build_task(shift: str, folder: Path, sizes: dict, prompt_format: str = "chat"):
     """The shift's GRAPE task saved where `--dataset_name` reads it, and its few-shot prompt (`prompt.json`)."""
     from datasets import load_from_disk
 
@@ -135,13 +165,18 @@ def build_task(shift: str, folder: Path, sizes: dict):
                     **({"reference": row["reference"]} if shift == "composed" else {}),
                 }
             )
-    base = MULTILINGUAL_PROMPT if shift == "multilingual" else get_prompt_template(shift).to_dict()
-    template = get_prompt_template(shift, {**base, "examples": examples})
+    if prompt_format == "completion":  # the shift's plain-text prompt; multilingual already names no language
+        base = get_prompt_template(shift, prompt_format="completion").to_dict()
+        if shift == "long_form":
+            base["system"] = LONG_FORM_COMPLETION
+    else:
+        base = MULTILINGUAL_PROMPT if shift == "multilingual" else get_prompt_template(shift).to_dict()
+    template = get_prompt_template(shift, {**base, "examples": examples}, prompt_format=prompt_format)
     (folder / "prompt.json").write_text(json.dumps(template.to_dict(), indent=1, ensure_ascii=False) + "\n")
     return task, template
 
 
-def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str]) -> Path:
+def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str], recipes: str) -> Path:
     """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done."""
     from grape_hf.training import stages
 
@@ -149,7 +184,7 @@ def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str])
     prompt = [] if "--init_rewriter" in extra else ["--prompt_template", str(folder / "prompt.json")]
     if not stages.is_finished(out):
         log(f"{shift}: {stage} -> {out}")
-    return stages.run_stage(stage, RECIPES / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
+    return stages.run_stage(stage, RECIPES / recipes / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
 
 
 def visible_facts(texts: list[str], captions: list[str], context: int = 32) -> dict:
@@ -187,23 +222,25 @@ def run_shift(
     retriever,
     variant: dict | None = None,
     shipped: Path | None = None,
+    spec: dict = REWRITERS["smollm2-135m"],
 ) -> dict:
     """Every method of one shift, each evaluated on its validation queries as soon as it exists (cached in
     `results`); returns the GRPO runs' curves. `variant` (`name`, `stage`, `method`, `start_from`, `args`) adds one
     more stage:
     GRPO, `grpo-<name>`, evaluated as `grape_rank_<name>`, or self-distillation, `distill-<name>`, evaluated as
     `self_distillation_<name>`. `shipped` (the rewriter shipped now, about to be compared) is measured afresh as
-    `previously_shipped`."""
+    `previously_shipped`. `spec` is the rewriter's entry of `REWRITERS`."""
     import torch
 
     from grape_hf import RankScorer
     from grape_hf.metrics import METRICS, retrieval_metrics
-    from grape_hf.models import SMOLLM2_ID, cache_home
+    from grape_hf.models import cache_home
+    from grape_hf.shapes.word_probe import word_recall
     from grape_hf.training.stages import best_of_n, load_fast_rewriter
     from grape_hf.training.stages import stage_minutes as minutes
 
     folder.mkdir(parents=True, exist_ok=True)
-    task, template = build_task(shift, folder, sizes["task"])
+    task, template = build_task(shift, folder, sizes["task"], spec["prompt_format"])
     val = task["validation"]
     scorer = RankScorer(
         retriever,
@@ -232,9 +269,9 @@ def run_shift(
         log(f"{shift} / {name}: " + ", ".join(f"{m} {done[name][m]:.3f}" for m in METRICS))
 
     def rewriter(source: str):
-        # bf16 (as every number here was measured), LoRA merged: the fast path
-        own = template if source == SMOLLM2_ID else None
-        return load_fast_rewriter(source, template=own, dtype="bfloat16", max_new_tokens=32)
+        # the rewriter's dtype (SmolLM2: bf16, as its numbers were measured), LoRA merged: the fast path
+        own = template if source == spec["model"] else None
+        return load_fast_rewriter(source, template=own, dtype=spec["dtype"], max_new_tokens=32)
 
     def evaluate(name: str, source: str, **info) -> None:
         if name not in done:
@@ -247,7 +284,7 @@ def run_shift(
         record("oracle", captions)
     if shift == "composed" and "reference_caption" not in done:
         record("reference_caption", references)
-    evaluate("zero_shot", SMOLLM2_ID)
+    evaluate("zero_shot", spec["model"])
     own = sizes.get(shift, {})
     curves = {}
     # A variant from zero-shot needs none of the base stages: where their numbers are recorded and their folders are
@@ -260,7 +297,7 @@ def run_shift(
     if skip_base:
         log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
     else:
-        curves = run_base_stages(shift, folder, sizes, own, evaluate)
+        curves = run_base_stages(shift, folder, sizes, own, evaluate, done, spec["recipes"])
     if variant:
         extra = (
             [*sizes["distill"], *own.get("distill", [])]
@@ -278,6 +315,7 @@ def run_shift(
             folder,
             folder / f"{variant['stage']}-{variant['name']}",
             [*start, *extra, *variant["args"]],
+            spec["recipes"],
         )
         evaluate(
             variant["method"],
@@ -291,6 +329,11 @@ def run_shift(
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
         best, _ = best_of_n(rewriter(str(folder / "grpo-rank")), scorer, queries, targets, 8, references, batch_size=8)
         record("oracle_best_of_8", best, policy="grape_rank")
+    # The word-level probe of the held-out greedy rewrites before and after training (no model runs).
+    groups = list(val["language"]) if "language" in val.column_names else None
+    results.setdefault("word_probes", {})[shift] = {
+        m: word_recall([[t] for t in rewrites[m]], captions, groups) for m in WORD_PROBED if m in rewrites
+    }
     if shipped is not None:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
         done.pop("previously_shipped", None)
         if (shipped / "grape_rewriter.json").is_file():
@@ -304,17 +347,22 @@ def run_shift(
     return curves
 
 
+# The methods whose held-out rewrites get the word-level probe (results["word_probes"][shift][method]).
+WORD_PROBED = ("no_rewrite", "zero_shot", "self_distillation", "grape_rank", "grpo_similarity")
 # The base stages' methods and their folders in a shift's stage cache.
 BASE_STAGES = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
 
 
-def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) -> dict:
-    """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from it, each evaluated; returns the GRPO
-    runs' curves."""
+def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate, done: dict, recipes: str) -> dict:
+    """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from the better of the two (held-out R@10;
+    self-distillation on a tie), each evaluated; returns the GRPO runs' curves."""
     from grape_hf.training.stages import stage_minutes as minutes
 
-    distilled = run_stage("distill", shift, folder, folder / "distill", [*sizes["distill"], *own.get("distill", [])])
+    distill = [*sizes["distill"], *own.get("distill", [])]
+    distilled = run_stage("distill", shift, folder, folder / "distill", distill, recipes)
     evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
+    start = "self_distillation" if done["self_distillation"]["R@10"] >= done["zero_shot"]["R@10"] else "zero_shot"
+    init = ["--init_rewriter", str(distilled)] if start == "self_distillation" else []
     curves = {}
     for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
         run = run_stage(
@@ -323,8 +371,7 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) 
             folder,
             folder / f"grpo-{reward}",
             [
-                "--init_rewriter",
-                str(distilled),
+                *init,
                 "--reward_funcs",
                 reward,
                 "--evaluate_before_after",
@@ -332,8 +379,9 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate) 
                 *sizes["grpo"],
                 *own.get("grpo", []),
             ],
+            recipes,
         )
-        evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from="self_distillation")
+        evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from=start)
         curves[reward] = json.loads((run / "curves.json").read_text())
     return curves
 
@@ -355,7 +403,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, to check the pipeline.")
-    parser.add_argument("--output_dir", type=Path, default=None, help="Stage cache (default outputs/shapes_grape).")
+    parser.add_argument(
+        "--rewriter",
+        default="smollm2-135m",
+        choices=sorted(REWRITERS),
+        help="The base model to rewrite with (its recipes: recipes/<model>/{distill,grpo}/config_shapes.yaml).",
+    )
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="Stage cache (default outputs/shapes_grape, outputs/shapes_grape_<rewriter> for another rewriter).",
+    )
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
     parser.add_argument(
         "--ship",
@@ -407,38 +466,42 @@ def main() -> None:
             "start_from": args.start_from,
             "args": args.distill_args or args.grpo_args,
         }
+    spec = REWRITERS[args.rewriter]
     sizes = QUICK if args.quick else FULL
     tag = "_quick" if args.quick else ""
-    out = args.output_dir or REPO / "outputs" / f"shapes_grape{tag}"
+    suffix = f"_{spec['results_key']}" if spec["results_key"] else ""
+    out = args.output_dir or REPO / "outputs" / f"shapes_grape{suffix}{tag}"
     results_file = RESULTS / f"shapes{tag}.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    everything = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    # SmolLM2's rows are the file's top level (as before other rewriters); another rewriter's sit under its key.
+    results = everything.setdefault(spec["results_key"], {}) if spec["results_key"] else everything
     results.setdefault("_meta", {})
     command = "python benchmarks/shapes_grape.py " + " ".join(sys.argv[1:])
 
     def save() -> None:
-        results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        results_file.write_text(json.dumps(everything, indent=2, ensure_ascii=False) + "\n")
 
     retriever = load_retriever(RETRIEVER, device="cpu")
     curves = {}
     dest_root = out / "shipped" if args.quick else ASSETS
     for shift in args.shifts:
-        shipped = dest_root / shipped_name(shift) if args.ship else None
-        curves[shift] = run_shift(shift, out / shift, sizes, results, save, retriever, variant, shipped)
+        shipped = dest_root / spec["shipped"].format(shift=shift.replace("_", "-")) if args.ship else None
+        curves[shift] = run_shift(shift, out / shift, sizes, results, save, retriever, variant, shipped, spec)
     if variant:  # the main command stays the one that trained the stages
         results["_meta"].setdefault("variants", {})[args.variant] = {"command": command, "shifts": args.shifts}
     else:
         results["_meta"]["command"] = command
     for shift in args.shifts if args.ship else []:
-        ship(shift, out / shift, results, variant["method"] if variant else "grape_rank", dest_root)
+        ship(shift, out / shift, results, variant["method"] if variant else "grape_rank", dest_root, spec)
     results["_meta"].update(
         retriever=RETRIEVER,
         direction="text -> image",
-        rewriter="SmolLM2-135M-Instruct",
+        rewriter=spec["model"],
         stages=sizes,
         torch_threads=torch.get_num_threads(),
     )
     save()
-    report(results, curves, tag)
+    report(results, curves, tag + suffix)
 
 
 # What a shift's rewriter is judged by when it replaces the shipped one: composed queries are easy at R@10 from the
@@ -446,11 +509,7 @@ def main() -> None:
 HEADLINE = {"composed": "R@1"}
 
 
-def shipped_name(shift: str) -> str:
-    return f"smollm2-135m-grape-shapes-{shift.replace('_', '-')}"
-
-
-def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) -> None:
+def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path, spec: dict) -> None:
     """Copy METHOD's rewriter folder into the package with its held-out numbers and its chain of stages on the card,
     if it beats the rewriter shipped now on the shift's headline metric (R@1 for composed, R@10 otherwise)."""
     from grape_hf.metrics import METRICS
@@ -487,7 +546,7 @@ def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path) 
         "num_queries": size["eval_queries"],
         "corpus_size": size["corpus"],
     }
-    dest = dest_root / shipped_name(shift)
+    dest = dest_root / spec["shipped"].format(shift=shift.replace("_", "-"))
     ship_rewriter(stage_folder(method, folder), dest, evaluation, training)
     log(f"shipped {method} to {dest}")
 
@@ -500,7 +559,7 @@ def report(results: dict, curves: dict, tag: str) -> None:
     lines = [
         f"# GRAPE on the shapes CLIP track{' (quick mode)' if tag else ''}",
         "",
-        f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter SmolLM2-135M-Instruct.",
+        f"`{results['_meta']['command'].strip()}`; retriever `{RETRIEVER}`, rewriter {results['_meta']['rewriter']}.",
         "",
     ]
     for shift in shifts:

@@ -24,7 +24,6 @@ of benchmarks/results/shapes_samples.json (shift → `kept` → round folder, or
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -35,21 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results" / "shapes_samples.json"
 TASK = "outputs/shapes_grape/long_form/data"
 
-
-def vocabulary() -> set[str]:
-    from grape_hf.shapes import COLOURS, POSITIONS, SHAPES, SIZES
-
-    return {*COLOURS, *SHAPES, *SIZES, *POSITIONS}
-
-
-def attribute_words(text: str, words: set[str]) -> set[str]:
-    return {w for w in re.findall(r"[a-z]+", text.lower()) if w in words}
+from grape_hf.shapes.word_probe import attribute_words, word_recall  # noqa: E402 - after the offline switch
 
 
 def kept(rounds: list[str], task: str) -> dict:
     from datasets import load_from_disk
 
-    words = vocabulary()
     train = load_from_disk(task)["train"]
     caption = dict(zip(train["query"], train["target_caption"]))
     language = dict(zip(train["query"], train["language"])) if "language" in train.column_names else {}
@@ -59,8 +49,8 @@ def kept(rounds: list[str], task: str) -> dict:
         share, none, wrong, chatty = [], 0, 0, 0
         per_language = defaultdict(int)
         for row in rows:
-            target = attribute_words(caption[row["query"]], words)
-            said = attribute_words(row["rewrite"], words)
+            target = attribute_words(caption[row["query"]])
+            said = attribute_words(row["rewrite"])
             share.append(len(target & said) / len(target))
             none += not target & said
             wrong += bool(said - target)
@@ -83,41 +73,15 @@ def kept(rounds: list[str], task: str) -> dict:
     return results
 
 
-def word_recall(samples: list[list[str]], captions: list[str], groups: list[str]) -> dict:
-    """Per group (a language, or `all`) and per attribute word: how often a sample holds the word when the target's
-    caption has it (`recall`), and how often it holds it when the caption has not (`false`)."""
-    words = vocabulary()
-    counts = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))  # hit, should, false hit, should not
-    for group_samples, caption, group in zip(samples, captions, groups):
-        target = attribute_words(caption, words)
-        for sample in group_samples:
-            said = attribute_words(sample, words)
-            for key in (group, "all"):
-                for word in words:
-                    c = counts[key][word]
-                    if word in target:
-                        c[0] += word in said
-                        c[1] += 1
-                    else:
-                        c[2] += word in said
-                        c[3] += 1
-    return {
-        key: {
-            word: {"recall": round(c[0] / c[1], 3), "false": round(c[2] / max(c[3], 1), 3)}
-            for word, c in sorted(per_word.items())
-            if c[1]
-        }
-        for key, per_word in sorted(counts.items())
-    }
-
-
-def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps, prompt: Path) -> dict:
-    import torch
+def probe(
+    rewriter_path: str, task: str, num_queries: int, temperatures, top_ps, prompt: Path, dtype: str = "auto"
+) -> dict:
     from datasets import load_from_disk
 
-    from grape_hf import QueryRewriter, RankScorer, load_retriever
+    from grape_hf import RankScorer, load_retriever
     from grape_hf.models import cache_home
     from grape_hf.rewriting.prompts import get_prompt_template
+    from grape_hf.training.stages import load_fast_rewriter
 
     data = load_from_disk(task)
     train = data["train"]
@@ -139,9 +103,8 @@ def probe(rewriter_path: str, task: str, num_queries: int, temperatures, top_ps,
     template = None
     if not Path(rewriter_path).is_dir() and prompt.is_file():  # the base model: the few-shot prompt given
         template = get_prompt_template(template=str(prompt))
-    rewriter = QueryRewriter.from_pretrained(rewriter_path, template=template, dtype=torch.bfloat16, max_new_tokens=32)
-    if hasattr(rewriter.model, "merge_and_unload"):
-        rewriter.model = rewriter.model.merge_and_unload()  # merged bf16 weights: the fast path
+    # merged weights in `dtype` (SmolLM2's probes ran in bf16 on an AMX CPU; "auto": bf16 only where native)
+    rewriter = load_fast_rewriter(rewriter_path, template=template, dtype=dtype, max_new_tokens=32)
     queries, targets, captions = list(train["query"]), list(train["target_id"]), list(train["target_caption"])
     groups = list(train["language"]) if "language" in train.column_names else ["all"] * num_queries
     greedy = scorer.ranks([r[0] for r in rewriter.rewrite(queries, batch_size=16)], targets)
@@ -189,6 +152,7 @@ def main() -> None:
         default=None,
         help="probe, with the base model: its few-shot prompt (default: prompt.json beside --task).",
     )
+    parser.add_argument("--dtype", default="auto", help="probe: the rewriter's dtype (default auto).")
     parser.add_argument("--top_ps", type=float, nargs="+", default=[1.0, 0.9], help="probe (default 1.0 0.9).")
     args = parser.parse_args()
     if not Path(args.task).is_dir():
@@ -204,7 +168,7 @@ def main() -> None:
         prompt = Path(args.prompt or Path(args.task).parent / "prompt.json")
         name = args.paths[0] if Path(args.paths[0]).is_dir() else f"{args.paths[0]} with {prompt}"
         done.setdefault("probe", {})[name] = probe(
-            args.paths[0], args.task, args.queries, args.temperatures, args.top_ps, prompt
+            args.paths[0], args.task, args.queries, args.temperatures, args.top_ps, prompt, args.dtype
         )
     command = " ".join(["python benchmarks/shapes_samples.py", *sys.argv[1:]])
     meta = done.setdefault("_meta", {})

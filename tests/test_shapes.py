@@ -285,6 +285,27 @@ def shapes_clip(_shapes_clip):
     return copy.copy(_shapes_clip)
 
 
+def test_word_probe_counts_named_and_falsely_named_attribute_words():
+    from grape_hf.shapes.word_probe import word_recall
+
+    rows, corpus = build_shift("multilingual", num_images=6, seed=1, languages=("de", "fr"))
+    captions = [corpus[row["target_id"]].caption for row in rows]
+    groups = [row["language"] for row in rows]
+    # The target's caption itself names every attribute word and no other: recall 1, false 0 everywhere.
+    exact = word_recall([[c] for c in captions], captions, groups)
+    assert set(exact) == {"all", "de", "fr"}
+    assert all(v == {"recall": 1.0, "false": 0.0} for per_word in exact.values() for v in per_word.values())
+    # A synonym ("violet") names no colour; a wrong colour is a false hit of that word.
+    rewrites = [["a large violet circle"], ["a small red circle"]]
+    probe = word_recall(rewrites, ["a large red circle", "a small blue circle"])
+    assert probe["all"]["red"] == {"recall": 0.0, "false": 1.0}
+    assert probe["all"]["blue"] == {"recall": 0.0, "false": 0.0}
+    assert probe["all"]["circle"] == {"recall": 1.0, "false": 0.0} and probe["all"]["large"]["recall"] == 1.0
+    assert "square" not in probe["all"]  # no target has it
+    with pytest.raises(ValueError, match="one entry per query: 1 sample lists, 2 captions"):
+        word_recall([["a red circle"]], ["a red circle", "a blue square"])
+
+
 def test_shipped_checkpoint_ranks_in_distribution_captions(shapes_clip):
     rows, corpus = build_shift("in_distribution", num_images=40, seed=5)
     images = shapes_clip.encode_image([scene.render() for scene in corpus])
