@@ -101,6 +101,7 @@ def main() -> None:
     from grape_hf.metrics import paired_recall_test
     from grape_hf.rewriting.devices import cpu_description
     from grape_hf.rewriting.rewriter import QueryRewriter, shipped_rewriter_path
+    from grape_hf.training.stages import stage_minutes as train_wall_minutes
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     tokens = args.max_new_tokens  # dtype "auto" throughout: bf16 where the CPU runs it natively, else fp32
@@ -223,16 +224,6 @@ def main() -> None:
     per_query_out = {"num_queries": len(queries), "queries": queries, "target_ids": [int(t) for t in targets]}
     PER_QUERY.write_text(json.dumps({**per_query_out, "methods": per_query}, ensure_ascii=False) + "\n")
     print(markdown_table({k: v for k, v in methods.items()}))
-
-
-def train_wall_minutes(folder: str) -> float | None:
-    """The training minutes a stage's folder recorded in its `grape_rewriter.json`: `training.train_seconds` (GRPO),
-    or the sampling and fine-tuning seconds of every round in `training.history` (self-distillation)."""
-    training = json.loads((Path(folder) / "grape_rewriter.json").read_text(encoding="utf-8")).get("training", {})
-    seconds = training.get("train_seconds")
-    if seconds is None and training.get("history"):
-        seconds = sum(r.get("sample_seconds", 0) + r.get("train_seconds", 0) for r in training["history"])
-    return None if seconds is None else round(seconds / 60, 1)
 
 
 def plot_chain(chain: list[str], methods: dict) -> Path | None:
