@@ -17,8 +17,9 @@ the 1,014 English captions, and records each with R@1/5/10, MRR, nDCG@10 and its
   training recipe starts from; the prompt `prompted` chose measures the `prompted` row again);
 - with `--ship METHOD`, that row's folder is shipped as grape_hf's `gemma3-270m-grape-multi30k-de` (fp16 adapter, no
   tokenizer files: the base model's rebuilt tokenizer is used), its `grape_rewriter.json` holding the table's rows;
-- with `--plot START,STAGE,STAGE...` (a chain of rows, each stage started from the one before), the held-out R@10
-  of the chain against completions seen, and the training batches' similarities, in
+- with `--plot START,STAGE,STAGE...` (a chain of rows, each GRPO stage started from the one before; repeatable, one
+  curve per chain, e.g. `rank` against `similarity` from the same start), the held-out R@10 of each chain against
+  completions seen, and the training batches' similarities (the score-inflation monitor), in
   `results/multi30k_de_gemma_curves.png`;
 - `oracle_best_of_8` with `--oracle FOLDER`: the best of 8 samples (temperature 1) per query of that policy, picked
   knowing the target (the room a policy could still learn);
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--recipe_eval", action="append", default=[], help="NAME=FOLDER[@STARTED_FROM].")
     parser.add_argument("--prompt", action="append", default=[], choices=sorted(PROMPTS), help="A prompted_ row.")
     parser.add_argument("--oracle", default=None, help="FOLDER: oracle_best_of_8 of that policy.")
-    parser.add_argument("--plot", default=None, help="START,STAGE,...: plot that chain of rows.")
+    parser.add_argument("--plot", action="append", default=[], help="START,STAGE,...: plot that chain of rows.")
     parser.add_argument("--ship", default=None, help="METHOD: ship its folder as gemma3-270m-grape-multi30k-de.")
     parser.add_argument("--paired", action="append", default=[], help="A,B: a paired R@10 test of two rows.")
     parser.add_argument("--only", action="store_true", help="Only the rows asked for (not the baselines).")
@@ -217,7 +218,7 @@ def main() -> None:
     if args.ship:
         ship(args.ship, methods)
     if args.plot:
-        plot_chain(args.plot.split(","), methods)
+        plot_chains([chain.split(",") for chain in args.plot], methods)
     meta.update(cpu=cpu_description(), date=time.strftime("%Y-%m-%d"), retriever=retriever.spec, corpus=len(scorer))
     out = {"num_queries": len(queries), "_meta": meta, "methods": methods, "paired": paired}
     RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
@@ -226,24 +227,31 @@ def main() -> None:
     print(markdown_table({k: v for k, v in methods.items()}))
 
 
-def plot_chain(chain: list[str], methods: dict) -> Path | None:
-    """One curve through a chain of rows: the start at 0 completions, each stage's R@10 after the completions it
-    and the stages before it sampled (their `curves.json`), the training batches' similarities along the way."""
+def plot_chains(chains: list[list[str]], methods: dict) -> Path | None:
+    """One curve per chain of rows, labelled by its last: the start at 0 completions, each stage's R@10 after the
+    completions it and the stages before it sampled (their `curves.json`), the training batches' similarities along
+    the way."""
     from grape_hf.evaluation import plot_curves
 
-    evals = {"completions": [0], "R@10": [methods[chain[0]]["R@10"]]}
-    train: dict[str, list] = {"completions": [], "target_similarity": [], "nontarget_similarity": []}
-    seen = 0
-    for name in chain[1:]:
-        curves = json.loads((Path(methods[name]["folder"]) / "curves.json").read_text())["train"]
-        for key in train:
-            train[key] += [seen + c for c in curves[key]] if key == "completions" else curves[key]
-        seen += curves["completions"][-1]
-        evals["completions"].append(seen)
-        evals["R@10"].append(methods[name]["R@10"])
+    runs = {}
+    for chain in chains:
+        evals = {"completions": [0], "R@10": [methods[chain[0]]["R@10"]]}
+        train: dict[str, list] = {"completions": [], "target_similarity": [], "nontarget_similarity": []}
+        seen = 0
+        for name in chain[1:]:
+            curves_file = Path(methods[name].get("folder", "")) / "curves.json"
+            if not curves_file.is_file():
+                raise SystemExit(f"--plot {','.join(chain)}: {name} has no GRPO curves ({curves_file} is missing).")
+            curves = json.loads(curves_file.read_text())["train"]
+            for key in train:
+                train[key] += [seen + c for c in curves[key]] if key == "completions" else curves[key]
+            seen += curves["completions"][-1]
+            evals["completions"].append(seen)
+            evals["R@10"].append(methods[name]["R@10"])
+        runs[" -> ".join(chain[1:])] = {"eval": evals, "train": train}
     path = RESULTS.with_name("multi30k_de_gemma_curves.png")
-    title = f"Gemma 3 270M, Multi30k de->en: {' -> '.join(chain)}"
-    return plot_curves({"rank-GRPO": {"eval": evals, "train": train}}, path, title=title, metric="R@10")
+    title = f"Gemma 3 270M, Multi30k de->en, from {', '.join(sorted({c[0] for c in chains}))}"
+    return plot_curves(runs, path, title=title, metric="R@10")
 
 
 def ship(method: str, methods: dict) -> None:
