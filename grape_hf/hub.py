@@ -1,6 +1,6 @@
 """Saving and publishing trained rewriters: the folder layout, the model card, the upload.
 
-A published rewriter is the folder [`~grape_hf.rewriting.folder.save_rewriter_folder`] writes (model or `adapter/`,
+A published rewriter is the folder [`~grape_hf.rewriting.saving.save_rewriter_folder`] writes (model or `adapter/`,
 tokenizer, `grape_rewriter.json`, the remote-code modules, `grape_prompts.json`) plus a `README.md` model
 card rendered from `templates/model_card.md`. [`build_upload_folder`] builds exactly what [`push_rewriter`] uploads,
 without network, from a folder saved here or a plain training output (a full model or a PEFT adapter).
@@ -22,11 +22,10 @@ from .rewriting.folder import (
     POINTER_MODEL_TYPE,
     REWRITER_CONFIG_NAME,
     RewriterConfig,
-    add_pipeline_files,
-    save_rewriter_folder,
 )
 from .rewriting.prompting import render_completion
 from .rewriting.prompts import PROMPTS_FILE
+from .rewriting.saving import add_pipeline_files, save_rewriter_folder
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
 PAPER_URL = "https://arxiv.org/abs/2509.23370"

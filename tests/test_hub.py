@@ -31,6 +31,7 @@ PUBLISHED = {
     "grape_rewriter.json",
     "grape_rewrite_pipeline.py",
     "folder.py",
+    "saving.py",
     "prompting.py",
     "generation.py",
     "devices.py",

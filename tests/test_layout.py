@@ -100,7 +100,7 @@ def test_only_the_cli_and_the_root_reach_into_training():
 
 def test_remote_code_is_self_contained():
     """What a saved folder ships imports nothing of grape_hf but the other shipped files (flat, relative)."""
-    from grape_hf.rewriting.folder import remote_code_files
+    from grape_hf.rewriting.saving import remote_code_files
 
     shipped = {_module_name(source) for source in remote_code_files().values()}
     for name in shipped:

@@ -93,12 +93,12 @@ def test_shipped_shapes_rewriters_run_through_the_pipeline(name, smollm2_tokeniz
 @pytest.mark.parametrize("name", shipped_rewriters())
 def test_shipped_remote_code_equals_the_source(name):
     """Each shipped folder's remote-code modules are the package's own, copied at save time (as on the Hub)."""
-    from grape_hf.rewriting.folder import remote_code_files
+    from grape_hf.rewriting.saving import remote_code_files
 
     folder = shipped_rewriter_path(name)
     for filename, source in remote_code_files().items():
         assert (folder / filename).read_bytes() == source.read_bytes(), (
-            f"{name}/{filename} is stale: run grape_hf.rewriting.folder.refresh_remote_code(folder)"
+            f"{name}/{filename} is stale: run grape_hf.rewriting.saving.refresh_remote_code(folder)"
         )
 
 

@@ -9,16 +9,16 @@ config sat next to a top-level `adapter_config.json`.
 
 This module, `pipeline.py`, `prompting.py`, `generation.py` and `devices.py` (all in `grape_hf/rewriting/`) are
 self-contained on purpose: they import only the standard library, torch and transformers (and peft for an adapter),
-and each other, by relative imports between siblings. [`add_pipeline_files`] copies them as flat files into a saved
-folder at save time ([`remote_code_files`]), as transformers' `custom_object_save` copies a model's module and its
-relative imports, so that `pipeline(model=folder, trust_remote_code=True)` runs where grape_hf is not installed.
-Everything in grape_hf that reads or writes a rewriter folder goes through here.
+and each other, by relative imports between siblings (with `saving.py`, which writes a folder:
+[`~grape_hf.rewriting.saving.add_pipeline_files`] copies them as flat files into a saved folder at save time, as
+transformers' `custom_object_save` copies a model's module and its relative imports, so that
+`pipeline(model=folder, trust_remote_code=True)` runs where grape_hf is not installed). Everything in grape_hf that
+reads a rewriter folder goes through here, everything that writes one through `saving`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,101 +335,3 @@ def with_pad_token(tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def save_rewriter_folder(
-    model,
-    tokenizer,
-    folder: str | Path,
-    rewriter_config: RewriterConfig | dict | None = None,
-    prompts: dict | None = None,
-) -> Path:
-    """Save a rewriter (full model or PEFT adapter), its tokenizer and metadata so that pipelines can load it.
-
-    Args:
-        model: The rewriter LM, or a [`~peft.PeftModel`] (saved as an adapter in `adapter/`).
-        tokenizer: Its tokenizer.
-        folder (`str` or `Path`): Where to write.
-        rewriter_config ([`RewriterConfig`] or `dict`, *optional*): The `grape_rewriter.json` content.
-        prompts (`dict`, *optional*): The built-in prompt kinds, copied so that `shift=` works without grape_hf.
-
-    Returns:
-        `Path`: The folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        model.save_pretrained(folder / ADAPTER_SUBFOLDER)
-        base = next(iter(model.peft_config.values())).base_model_name_or_path
-        add_pipeline_files(folder, adapter_subfolder=ADAPTER_SUBFOLDER, base_model=base, prompts=prompts)
-    else:
-        model.save_pretrained(folder)
-        add_pipeline_files(folder, prompts=prompts)
-    tokenizer.save_pretrained(folder)
-    if rewriter_config is not None:
-        if isinstance(rewriter_config, dict):
-            rewriter_config = RewriterConfig.from_dict(rewriter_config)
-        rewriter_config.save(folder)
-    return folder
-
-
-def remote_code_files() -> dict[str, Path]:
-    """File name in a saved folder -> the module it is copied from: the pipeline (renamed, so that its name says what
-    it is) and the modules it imports, flat, under their own names (their relative imports stay valid)."""
-    here = Path(__file__).parent
-    return {
-        f"{PIPELINE_MODULE}.py": here / "pipeline.py",
-        **{f"{name}.py": here / f"{name}.py" for name in (Path(__file__).stem, "prompting", "generation", "devices")},
-    }
-
-
-def add_pipeline_files(
-    folder: str | Path,
-    adapter_subfolder: str | None = None,
-    base_model: str | None = None,
-    prompts: dict | None = None,
-) -> None:
-    """Make a saved model or adapter folder loadable by remote code: copy the modules, declare them in `config.json`.
-
-    For a full model, `custom_pipelines` is added to its `config.json`. For an adapter (in `adapter_subfolder`), the
-    top `config.json` is a [`GRAPERewriterConfig`] whose `auto_map` names [`GRAPERewriterLoader`] as the loader.
-    """
-    folder = Path(folder)
-    for name, source in remote_code_files().items():
-        shutil.copyfile(source, folder / name)
-    custom = {
-        REMOTE_TASK: {
-            "impl": f"{PIPELINE_MODULE}.GRAPERewritePipeline",
-            "pt": ["AutoModelForCausalLM"],
-            "type": "text",
-        }
-    }
-    config_path = folder / "config.json"
-    if adapter_subfolder is not None:
-        config = GRAPERewriterConfig(adapter_subfolder=adapter_subfolder, base_model_name_or_path=base_model)
-        module = Path(__file__).stem
-        config.auto_map = {
-            "AutoConfig": f"{module}.GRAPERewriterConfig",
-            "AutoModelForCausalLM": f"{module}.GRAPERewriterLoader",
-        }
-        config.custom_pipelines = custom
-        config.save_pretrained(folder)
-    else:
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no config.json; save the model there first.")
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-        data["custom_pipelines"] = custom
-        config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if prompts is not None:
-        (folder / PROMPTS_NAME).write_text(json.dumps(prompts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def refresh_remote_code(folder: str | Path) -> None:
-    """Copy the current remote-code modules into a saved rewriter folder again (its weights and metadata stay)."""
-    folder = Path(folder)
-    config = read_json(folder, "config.json") or {}
-    prompts = read_json(folder, PROMPTS_NAME)
-    if config.get("model_type") == POINTER_MODEL_TYPE:
-        add_pipeline_files(folder, config.get("adapter_subfolder"), config.get("base_model_name_or_path"), prompts)
-    else:
-        add_pipeline_files(folder, prompts=prompts)

@@ -6,7 +6,7 @@ instruct models; `"completion"` renders plain text that a base model continues (
 the way TRL's standard, non-conversational prompts are. A completion-format rewrite ends at the first newline. The
 format is stated, never guessed from `tokenizer.chat_template`.
 
-Part of a saved rewriter folder's remote code (see [`~grape_hf.rewriting.folder.add_pipeline_files`]): it imports
+Part of a saved rewriter folder's remote code (see [`~grape_hf.rewriting.saving.add_pipeline_files`]): it imports
 nothing but the standard library.
 """
 

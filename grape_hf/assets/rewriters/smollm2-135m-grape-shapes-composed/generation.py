@@ -5,7 +5,7 @@ cache with room to grow ([`ReservedLayer`]) and samples by inverse CDF ([`Invers
 `generate`; [`decode_rewrites`] turns the tokens into clean rewrites. [`~grape_hf.rewriting.rewriter.QueryRewriter`],
 the `"grape-rewrite"` pipeline, the evaluation and GRPO's sampler ([`~grape_hf.training.group_decoding`]) all use it.
 
-Part of a saved rewriter folder's remote code (see [`~grape_hf.rewriting.folder.add_pipeline_files`]): it imports
+Part of a saved rewriter folder's remote code (see [`~grape_hf.rewriting.saving.add_pipeline_files`]): it imports
 only torch, transformers and [`~grape_hf.rewriting.prompting`].
 """
 

@@ -2,7 +2,7 @@
 
 Self-contained like [`~grape_hf.rewriting.folder`] (the folder format and loader),
 [`~grape_hf.rewriting.prompting`] and [`~grape_hf.rewriting.generation`], which it uses:
-[`~grape_hf.rewriting.folder.add_pipeline_files`] copies them all into a saved rewriter folder, so that
+[`~grape_hf.rewriting.saving.add_pipeline_files`] copies them all into a saved rewriter folder, so that
 `pipeline(model=folder, trust_remote_code=True)` works where grape_hf is not installed. grape_hf itself never sets
 `trust_remote_code`: importing it registers the task `"grape-rewrite"` and plugs in its offline model resolution and
 built-in prompts through [`register_pipeline`].
@@ -27,12 +27,12 @@ from .folder import (
     load_rewriter,
     load_tokenizer,
     read_json,
-    save_rewriter_folder,
     trained_prompt,
     with_pad_token,
 )
 from .generation import check_context, decode_rewrites, generate_rewrite_tokens
 from .prompting import adds_special_tokens, check_template, is_blank, needs_reference, render_prompt, template_format
+from .saving import save_rewriter_folder
 
 logger = logging.getLogger(__name__)
 
