@@ -106,5 +106,5 @@ def paired_recall_test(ranks_a, ranks_b, k: int = 10) -> dict[str, float]:
         "losses": losses,
         "ties": a.numel() - n,
         "delta": round((wins - losses) / a.numel(), 4),
-        "p_value": round(min(1.0, 2 * tail), 4),
+        "p_value": float(f"{min(1.0, 2 * tail):.3g}"),  # three significant figures: small ones stay visible
     }
