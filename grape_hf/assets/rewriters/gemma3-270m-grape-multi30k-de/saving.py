@@ -90,7 +90,7 @@ def add_pipeline_files(
     config_path = folder / "config.json"
     if adapter_subfolder is not None:
         config = GRAPERewriterConfig(adapter_subfolder=adapter_subfolder, base_model_name_or_path=base_model)
-        module = "folder"
+        module = GRAPERewriterConfig.__module__.rpartition(".")[2]  # its file's name, in grape_hf or a saved folder
         config.auto_map = {
             "AutoConfig": f"{module}.GRAPERewriterConfig",
             "AutoModelForCausalLM": f"{module}.GRAPERewriterLoader",

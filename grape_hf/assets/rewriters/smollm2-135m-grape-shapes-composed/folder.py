@@ -1,4 +1,4 @@
-"""The rewriter folder: its format, its one loader and saver, and the remote code it ships.
+"""The rewriter folder: its format and its one loader (`saving` writes it, with the remote code it ships).
 
 A trained GRAPE rewriter is a folder (or Hub repo) holding either a full causal LM (`config.json` + weights) or a
 PEFT adapter, its tokenizer, and `grape_rewriter.json` ([`RewriterConfig`]: the prompt it was trained with, the
