@@ -92,6 +92,12 @@ def main() -> None:
     parser.add_argument("--ship", default=None, help="METHOD: ship its folder as gemma3-270m-grape-multi30k-de.")
     parser.add_argument("--paired", action="append", default=[], help="A,B: a paired R@10 test of two rows.")
     parser.add_argument("--only", action="store_true", help="Only the rows asked for (not the baselines).")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="Rewriter weights (`auto`: bf16 where the CPU runs it natively, else fp32). Rows keep theirs.",
+    )
     args = parser.parse_args()
 
     import torch
@@ -105,7 +111,13 @@ def main() -> None:
     from grape_hf.training.stages import stage_minutes as train_wall_minutes
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    tokens = args.max_new_tokens  # dtype "auto" throughout: bf16 where the CPU runs it natively, else fp32
+    tokens = args.max_new_tokens
+    # Every rewriter of this run in one dtype; each row records it and the CPU it ran on, since greedy rewrites (so
+    # a paired test) can differ between bf16 and fp32, and the CPU changes between sessions.
+    from grape_hf.rewriting.devices import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, "cpu")
+    measured_on = {"cpu": cpu_description(), "dtype": str(dtype).removeprefix("torch.")}
     retriever = load_retriever("sentence-transformers:all-MiniLM-L6-v2", device="cpu")
     val = load_multi30k(MULTI30K, split="validation", max_queries=args.max_queries)
     scorer = RankScorer(retriever, val.corpus, show_progress_bar=False)
@@ -140,6 +152,7 @@ def main() -> None:
         start = time.process_time()
         results, rewrites = evaluate_rewriters(scorer, queries, targets, {name: rewriter}, batch_size=args.batch_size)
         row = {**results[name], "started_from": started_from, "eval_cpu_minutes": cpu_minutes(start), **extra}
+        row.update(measured_on)
         row["examples"] = [{"query": q, "rewrite": r} for q, r in zip(queries[:3], rewrites[name][:3])]
         methods[name] = row
         keep_per_query(name, rewrites[name], query_ranks(scorer, rewrites[name], targets))
@@ -152,7 +165,9 @@ def main() -> None:
         train_scorer = RankScorer(retriever, train.corpus, show_progress_bar=False)
         choice = {}
         for prompt in PROMPTS:
-            rewriter = QueryRewriter.from_pretrained(GEMMA, template=template_for(prompt), max_new_tokens=tokens)
+            rewriter = QueryRewriter.from_pretrained(
+                GEMMA, template=template_for(prompt), max_new_tokens=tokens, dtype=dtype
+            )
             results, _ = evaluate_rewriters(
                 train_scorer,
                 list(train.queries["query"]),
@@ -163,9 +178,13 @@ def main() -> None:
             choice[prompt] = results[prompt]["R@10"]
             print(f"prompt {prompt}: train R@10 {choice[prompt]:.3f}", flush=True)
         best = max(choice, key=choice.get)
-        rewriter = QueryRewriter.from_pretrained(GEMMA, template=template_for(best), max_new_tokens=tokens)
+        rewriter = QueryRewriter.from_pretrained(
+            GEMMA, template=template_for(best), max_new_tokens=tokens, dtype=dtype
+        )
         run("prompted", rewriter, None, prompt=best, prompt_train_R10=choice)
-        shipped = QueryRewriter.from_pretrained(str(shipped_rewriter_path("smollm2-135m-grape-multi30k-de")))
+        shipped = QueryRewriter.from_pretrained(
+            str(shipped_rewriter_path("smollm2-135m-grape-multi30k-de")), dtype=dtype
+        )
         run("smollm2_shipped", shipped, None)
     for entry in args.recipe_eval:
         name, _, folder = entry.partition("=")
@@ -186,7 +205,9 @@ def main() -> None:
         }
         print(f"{name}: {json.dumps(methods[name])}", flush=True)
     for prompt in args.prompt:
-        rewriter = QueryRewriter.from_pretrained(GEMMA, template=template_for(prompt), max_new_tokens=tokens)
+        rewriter = QueryRewriter.from_pretrained(
+            GEMMA, template=template_for(prompt), max_new_tokens=tokens, dtype=dtype
+        )
         chosen = methods.get("prompted", {})
         if chosen.get("prompt") == prompt:  # the prompt `prompted` chose on training queries: measure that row again
             run("prompted", rewriter, None, prompt=prompt, prompt_train_R10=chosen.get("prompt_train_R10"))
@@ -197,17 +218,21 @@ def main() -> None:
         from grape_hf.training.stages import best_of_n, load_fast_rewriter
 
         start = time.process_time()
-        rewriter = load_fast_rewriter(args.oracle, max_new_tokens=tokens)
+        rewriter = load_fast_rewriter(args.oracle, max_new_tokens=tokens, dtype=dtype)
         best, ranks = best_of_n(rewriter, scorer, queries, targets, n=8, batch_size=args.batch_size)
         row = {**retrieval_metrics(ranks), "started_from": None, "eval_cpu_minutes": cpu_minutes(start)}
-        row.update(policy=args.oracle, examples=[{"query": q, "rewrite": r} for q, r in zip(queries[:3], best[:3])])
+        row.update(
+            measured_on,
+            policy=args.oracle,
+            examples=[{"query": q, "rewrite": r} for q, r in zip(queries[:3], best[:3])],
+        )
         methods["oracle_best_of_8"] = row
         keep_per_query("oracle_best_of_8", best, ranks)
         print(f"oracle_best_of_8: {json.dumps({k: v for k, v in row.items() if k != 'examples'})}", flush=True)
     for entry in args.method:
         name, _, folder = entry.partition("=")
         folder, _, started_from = folder.partition("@")
-        rewriter = QueryRewriter.from_pretrained(folder, max_new_tokens=tokens)
+        rewriter = QueryRewriter.from_pretrained(folder, max_new_tokens=tokens, dtype=dtype)
         run(name, rewriter, started_from or None, folder=folder, train_wall_minutes=train_wall_minutes(folder))
 
     for pair in args.paired:

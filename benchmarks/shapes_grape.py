@@ -184,14 +184,20 @@ def build_task(shift: str, folder: Path, sizes: dict, prompt_format: str = "chat
     return task, template
 
 
-def run_stage(stage: str, shift: str, folder: Path, out: Path, extra: list[str], recipes: str) -> Path:
-    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done."""
+def run_stage(
+    stage: str, shift: str, folder: Path, out: Path, extra: list[str], recipes: str, done: dict, *methods: str
+) -> Path:
+    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done. A stage
+    trained now (its folder was not in the cache, e.g. on a fresh machine) is another model than the one the recorded
+    rows of `methods` measured: those rows are dropped, so they are measured again."""
     from grape_hf.training import stages
 
     data = ["--dataset_name", str(folder / "data"), "--shift", shift, "--use_cpu", "true", "--report_to", "none"]
     prompt = [] if "--init_rewriter" in extra else ["--prompt_template", str(folder / "prompt.json")]
     if not stages.is_finished(out):
         log(f"{shift}: {stage} -> {out}")
+        for method in [m for m in methods if done.pop(m, None) is not None]:
+            log(f"{shift}: {method}'s recorded row was of an earlier run of this stage: measured again after it")
     return stages.run_stage(stage, RECIPES / recipes / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
 
 
@@ -243,6 +249,7 @@ def run_shift(
     from grape_hf import RankScorer
     from grape_hf.metrics import METRICS, retrieval_metrics
     from grape_hf.models import cache_home
+    from grape_hf.rewriting.devices import cpu_description, resolve_dtype
     from grape_hf.shapes.word_probe import word_recall
     from grape_hf.training.stages import best_of_n, load_fast_rewriter
     from grape_hf.training.stages import stage_minutes as minutes
@@ -262,9 +269,13 @@ def run_shift(
     rewrites_file = folder / "rewrites.json"
     rewrites = json.loads(rewrites_file.read_text()) if rewrites_file.is_file() else {}
 
+    # Each row records the CPU and dtype it was measured on (the CPU changes between sessions; greedy rewrites can
+    # differ between bf16 and fp32).
+    measured_on = {"cpu": cpu_description(), "dtype": str(resolve_dtype(spec["dtype"], "cpu")).removeprefix("torch.")}
+
     def record(name: str, texts: list[str], **info) -> None:
         ranks = scorer.ranks(texts, targets)
-        done[name] = {**retrieval_metrics(ranks), **info}
+        done[name] = {**retrieval_metrics(ranks), **info, **measured_on}
         if shift == "multilingual":
             for language in sorted(set(val["language"])):
                 keep = torch.tensor([lang == language for lang in val["language"]])
@@ -324,6 +335,8 @@ def run_shift(
             folder / f"{variant['stage']}-{variant['name']}",
             [*start, *extra, *variant["args"]],
             spec["recipes"],
+            done,
+            variant["method"],
         )
         evaluate(
             variant["method"],
@@ -367,7 +380,7 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate, 
     from grape_hf.training.stages import stage_minutes as minutes
 
     distill = [*sizes["distill"], *own.get("distill", [])]
-    distilled = run_stage("distill", shift, folder, folder / "distill", distill, recipes)
+    distilled = run_stage("distill", shift, folder, folder / "distill", distill, recipes, done, "self_distillation")
     evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
     start = "self_distillation" if done["self_distillation"]["R@10"] >= done["zero_shot"]["R@10"] else "zero_shot"
     init = ["--init_rewriter", str(distilled)] if start == "self_distillation" else []
@@ -388,6 +401,8 @@ def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate, 
                 *own.get("grpo", []),
             ],
             recipes,
+            done,
+            *((name, "oracle_best_of_8") if reward == "rank" else (name,)),
         )
         evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from=start)
         curves[reward] = json.loads((run / "curves.json").read_text())
