@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -86,25 +85,16 @@ REWRITERS = {
             "distill": ["--max_train_samples", "192"],
             "grpo": ["--max_steps", "40"],
             "multilingual": {"best_of": True},
-            "long_form": {"best_of": True},
+            # Prompted Gemma's long-form rewrites rank far from the top 10 (R@10 0.01): a top-10 filter keeps nothing
+            # of 32 queries, so more queries and a top-100 filter (still only samples that beat the greedy rewrite).
+            "long_form": {
+                "best_of": True,
+                "distill": ["--max_train_samples", "192", "--max_rank", "100"],
+                "grpo": ["--max_steps", "40", "--curve_eval_steps", "10"],
+            },
         },
     },
 }
-# The built-in multilingual prompt names German; the shapes queries come in four languages.
-MULTILINGUAL_PROMPT = {
-    "system": "You rewrite search queries for an English image-caption search engine.",
-    "user": "Translate this image description into English, as a short image caption. Reply with the English "
-    "description only.\n\n{query}",
-}
-# Gemma's long-form prompt asks for a length CLIP's 32-token text window holds (its built-in one does not).
-LONG_FORM_COMPLETION = (
-    "Summarise each long description as one short image caption of at most 16 words that keeps every object, colour, "
-    "size and position."
-)
-# Demonstrations per prompt (count, objects in each). SmolLM2-135M does not find the caption style zero-shot
-# (long-form rewrites are chatter without one), and given one it often copies it verbatim; two that differ curb
-# that. Long-form queries are ~300 tokens, so they get one, of one object.
-SHOTS = {"multilingual": (2, 2), "long_form": (1, 1), "composed": (2, 2)}
 # Stage -> recipe overrides (a shift's own list is appended: the last value of a flag wins). FULL is sized for this
 # 2-core CPU, where a forward + backward runs at ~0.2 TFLOP/s: with these prompts (~240 tokens, long-form ~520) a
 # distillation round of 128 queries took 11 min (7 sampling 8 rewrites each, 4 fine-tuning) and a GRPO step of 16
@@ -146,277 +136,181 @@ def log(msg: str) -> None:
 
 
 def build_task(shift: str, folder: Path, sizes: dict, prompt_format: str = "chat"):
-    """The shift's GRAPE task saved where `--dataset_name` reads it, and its few-shot prompt (`prompt.json`)."""
+    """The shift's GRAPE task saved where `--dataset_name` reads it, and its few-shot prompt (`prompt.json`): the
+    shift's prompt (`grape_hf.shapes.prompts` where the built-in one does not fit) with demonstrations from the
+    training world."""
     from datasets import load_from_disk
 
     from grape_hf.rewriting.prompts import get_prompt_template
     from grape_hf.shapes import build_grape_task
+    from grape_hf.shapes.prompts import LONG_FORM_COMPLETION, MULTILINGUAL_CHAT, few_shot_examples
 
     data = folder / "data"
     if not (data / "dataset_dict.json").is_file():
         build_grape_task(shift, **sizes).save_to_disk(str(data))
     task = load_from_disk(str(data))
-    # Demonstrations from the training world, with the target's caption as the rewrite: scenes of few objects (short
-    # prompts), distinct languages (multilingual) or edit kinds (composed).
-    count, objects = SHOTS[shift]
-    rows = [row for row in task["train"] if len(row["target_caption"].replace(" and ", ", ").split(", ")) == objects]
-    random.Random(f"shapes-grape-shots-{shift}").shuffle(rows)
-    key = {"multilingual": "language", "composed": "edit_kind"}.get(shift)
-    examples, seen = [], set()
-    for row in rows:
-        if len(examples) < count and not (key and row[key] in seen):
-            seen.add(row.get(key))
-            examples.append(
-                {
-                    "query": row["query"],
-                    "rewrite": row["target_caption"],
-                    **({"reference": row["reference"]} if shift == "composed" else {}),
-                }
-            )
-    if prompt_format == "completion":  # the shift's plain-text prompt; multilingual already names no language
-        base = get_prompt_template(shift, prompt_format="completion").to_dict()
-        if shift == "long_form":
-            base["system"] = LONG_FORM_COMPLETION
-    else:
-        base = MULTILINGUAL_PROMPT if shift == "multilingual" else get_prompt_template(shift).to_dict()
+    base = get_prompt_template(shift, prompt_format=prompt_format).to_dict()
+    if prompt_format == "completion" and shift == "long_form":
+        base["system"] = LONG_FORM_COMPLETION
+    elif prompt_format == "chat" and shift == "multilingual":
+        base = MULTILINGUAL_CHAT
+    examples = few_shot_examples(shift, task["train"])
     template = get_prompt_template(shift, {**base, "examples": examples}, prompt_format=prompt_format)
     (folder / "prompt.json").write_text(json.dumps(template.to_dict(), indent=1, ensure_ascii=False) + "\n")
     return task, template
 
 
-def run_stage(
-    stage: str, shift: str, folder: Path, out: Path, extra: list[str], recipes: str, done: dict, *methods: str
-) -> Path:
-    """Run `grape_hf.training.distill` or `grape_hf.training.grpo` with its shapes config, unless it is done. A stage
-    trained now (its folder was not in the cache, e.g. on a fresh machine) is another model than the one the recorded
-    rows of `methods` measured: those rows are dropped, so they are measured again."""
-    from grape_hf.training import stages
-
-    data = ["--dataset_name", str(folder / "data"), "--shift", shift, "--use_cpu", "true", "--report_to", "none"]
-    prompt = [] if "--init_rewriter" in extra else ["--prompt_template", str(folder / "prompt.json")]
-    if not stages.is_finished(out):
-        log(f"{shift}: {stage} -> {out}")
-        for method in [m for m in methods if done.pop(m, None) is not None]:
-            log(f"{shift}: {method}'s recorded row was of an earlier run of this stage: measured again after it")
-    return stages.run_stage(stage, RECIPES / recipes / stage / "config_shapes.yaml", out, [*data, *extra, *prompt])
-
-
-def visible_facts(texts: list[str], captions: list[str], context: int = 32) -> dict:
-    """What CLIP's text tower reads of each text (its first `context` tokens, start and end included): the mean share
-    of the target caption's attribute words (shape, colour, size, position) found there, and the texts' mean length."""
-    from grape_hf.shapes import COLOURS, POSITIONS, SHAPES, SIZES
-
-    tokenizer = load_retriever_tokenizer()
-    vocabulary = {*COLOURS, *SHAPES, *SIZES, *POSITIONS}
-    shares, lengths = [], []
-    for text, caption in zip(texts, captions):
-        ids = tokenizer.encode(text)
-        lengths.append(len(ids) + 2)
-        seen = set(tokenizer.decode(ids[: context - 2]).split())
-        facts = [word for word in caption.split() if word in vocabulary]
-        shares.append(sum(word in seen for word in facts) / max(len(facts), 1))
-    return {
-        "visible_facts": round(sum(shares) / max(len(shares), 1), 4),
-        "clip_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
-    }
-
-
-def load_retriever_tokenizer():
-    import open_clip
-
-    return open_clip.get_tokenizer(RETRIEVER.split(":", 1)[1].split("@")[0])
+# The trained methods: stage and folder in a shift's stage cache (a variant <method>_<name>: <folder>-<name>).
+TRAINED = {"self_distillation": ("distill", "distill"), "grape_rank": ("grpo", "grpo-rank")}
+TRAINED["grpo_similarity"] = ("grpo", "grpo-similarity")
+# The methods whose held-out rewrites get the word-level probe (results["word_probes"][shift][method]).
+WORD_PROBED = ("no_rewrite", "zero_shot", "self_distillation", "grape_rank", "grpo_similarity")
 
 
 def run_shift(
-    shift: str,
-    folder: Path,
-    sizes: dict,
-    results: dict,
-    save,
-    retriever,
-    variant: dict | None = None,
-    shipped: Path | None = None,
-    spec: dict = REWRITERS["smollm2-135m"],
+    shift: str, folder: Path, sizes: dict, results: dict, save, retriever, args, spec: dict, dest_root: Path
 ) -> dict:
-    """Every method of one shift, each evaluated on its validation queries as soon as it exists (cached in
-    `results`); returns the GRPO runs' curves. `variant` (`name`, `stage`, `method`, `start_from`, `args`) adds one
-    more stage:
-    GRPO, `grpo-<name>`, evaluated as `grape_rank_<name>`, or self-distillation, `distill-<name>`, evaluated as
-    `self_distillation_<name>`. `shipped` (the rewriter shipped now, about to be compared) is measured afresh as
-    `previously_shipped`. `spec` is the rewriter's entry of `REWRITERS`."""
+    """Every method of one shift, each measured on its validation queries as soon as it exists (kept in `results`),
+    the stages chained by `grape_hf.training.chain.StageChain`; returns the GRPO runs' curves."""
+    import open_clip
     import torch
 
     from grape_hf import RankScorer
-    from grape_hf.metrics import METRICS, retrieval_metrics
+    from grape_hf.metrics import retrieval_metrics
     from grape_hf.models import cache_home
     from grape_hf.rewriting.devices import cpu_description, resolve_dtype
-    from grape_hf.shapes.word_probe import word_recall
+    from grape_hf.shapes.prompts import SHOTS
+    from grape_hf.shapes.word_probe import visible_facts, word_recall
+    from grape_hf.training.chain import StageChain
     from grape_hf.training.stages import best_of_n, load_fast_rewriter
-    from grape_hf.training.stages import stage_minutes as minutes
 
     folder.mkdir(parents=True, exist_ok=True)
     task, template = build_task(shift, folder, sizes["task"], spec["prompt_format"])
     val = task["validation"]
-    scorer = RankScorer(
-        retriever,
-        list(task["validation_corpus"]["image"]),
-        cache_dir=cache_home() / "corpus_embeddings",
-        show_progress_bar=False,
-    )
+    corpus = list(task["validation_corpus"]["image"])
+    scorer = RankScorer(retriever, corpus, cache_dir=cache_home() / "corpus_embeddings", show_progress_bar=False)
     queries, targets, captions = list(val["query"]), list(val["target_id"]), list(val["target_caption"])
     references = list(val["reference"]) if shift == "composed" else None
     done = results.setdefault(shift, {})
     rewrites_file = folder / "rewrites.json"
     rewrites = json.loads(rewrites_file.read_text()) if rewrites_file.is_file() else {}
-
     # Each row records the CPU and dtype it was measured on (the CPU changes between sessions; greedy rewrites can
     # differ between bf16 and fp32).
     measured_on = {"cpu": cpu_description(), "dtype": str(resolve_dtype(spec["dtype"], "cpu")).removeprefix("torch.")}
+    clip_tokenizer = open_clip.get_tokenizer(RETRIEVER.split(":", 1)[1].split("@")[0])
 
-    def record(name: str, texts: list[str], **info) -> None:
+    def score(name: str, texts: list[str]) -> dict:
         ranks = scorer.ranks(texts, targets)
-        done[name] = {**retrieval_metrics(ranks), **info, **measured_on}
         if shift == "multilingual":
             for language in sorted(set(val["language"])):
                 keep = torch.tensor([lang == language for lang in val["language"]])
                 results.setdefault(f"multilingual/{language}", {})[name] = retrieval_metrics(ranks[keep])
-        if shift == "long_form":
-            done[name].update(visible_facts(texts, captions))
         rewrites[name] = texts
         rewrites_file.write_text(json.dumps(rewrites, indent=1, ensure_ascii=False))
-        save()
-        log(f"{shift} / {name}: " + ", ".join(f"{m} {done[name][m]:.3f}" for m in METRICS))
+        extra = visible_facts(texts, captions, clip_tokenizer) if shift == "long_form" else {}
+        return {**retrieval_metrics(ranks), **extra, **measured_on}
 
-    def rewriter(source: str):
-        # the rewriter's dtype (SmolLM2: bf16, as its numbers were measured), LoRA merged: the fast path
+    def rewriter(source: str):  # the rewriter's dtype (SmolLM2: bf16, as its numbers were measured), LoRA merged
         own = template if source == spec["model"] else None
         return load_fast_rewriter(source, template=own, dtype=spec["dtype"], max_new_tokens=32)
 
-    def evaluate(name: str, source: str, **info) -> None:
-        if name not in done:
-            texts = [r[0] for r in rewriter(source).rewrite(queries, references=references, batch_size=16)]
-            record(name, texts, **info)
+    def measure(name: str, source: str) -> dict:
+        return score(name, [r[0] for r in rewriter(source).rewrite(queries, references=references, batch_size=16)])
 
-    if "no_rewrite" not in done:
-        record("no_rewrite", queries)
-    if "oracle" not in done:
-        record("oracle", captions)
-    if shift == "composed" and "reference_caption" not in done:
-        record("reference_caption", references)
-    evaluate("zero_shot", spec["model"])
-    own = sizes.get(shift, {})
-    curves = {}
-    # A variant from zero-shot needs none of the base stages: where their numbers are recorded and their folders are
-    # gone (a fresh machine has no stage cache), they are not trained again.
-    skip_base = (
-        variant is not None
-        and variant["start_from"] == "zero_shot"
-        and all(m in done and not (folder / f).is_dir() for m, f in BASE_STAGES.items())
+    stage_flags = [
+        "--dataset_name",
+        str(folder / "data"),
+        "--shift",
+        shift,
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
+    chain = StageChain(
+        folder,
+        TRAINED,
+        {stage: RECIPES / spec["recipes"] / stage / "config_shapes.yaml" for stage in ("distill", "grpo")},
+        measure,
+        rows=done,
+        overrides=stage_flags,
+        base_overrides=["--prompt_template", str(folder / "prompt.json")],
+        save=save,
+        command="python benchmarks/shapes_grape.py " + " ".join(sys.argv[1:]),
+        log=lambda msg: log(f"{shift} / {msg}"),
     )
-    if skip_base:
+    for name, texts in (("no_rewrite", queries), ("oracle", captions), ("reference_caption", references)):
+        if texts is not None and name not in done:
+            done[name] = score(name, texts)
+            save()
+    chain.measure_row("zero_shot", spec["model"])
+    own = sizes.get(shift, {})
+    distill, grpo = [*sizes["distill"], *own.get("distill", [])], [*sizes["grpo"], *own.get("grpo", [])]
+    curves = {}
+    # A variant from zero-shot needs none of the base stages: where their rows are recorded and their folders are
+    # gone (a fresh machine has no stage cache), they are not trained again.
+    variant = args.variant and f"{'self_distillation' if args.distill_args else 'grape_rank'}_{args.variant}"
+    if variant and args.start_from == "zero_shot" and all(m in done and not chain.folder(m).is_dir() for m in TRAINED):
         log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
-    else:
-        curves = run_base_stages(shift, folder, sizes, own, evaluate, done, spec["recipes"])
-    if variant:
-        extra = (
-            [*sizes["distill"], *own.get("distill", [])]
-            if variant["stage"] == "distill"
-            else ["--evaluate_before_after", "false", *sizes["grpo"], *own.get("grpo", [])]
-        )
-        start = (
-            []
-            if variant["start_from"] == "zero_shot"
-            else ["--init_rewriter", str(stage_folder(variant["start_from"], folder))]
-        )
-        run = run_stage(
-            variant["stage"],
-            shift,
-            folder,
-            folder / f"{variant['stage']}-{variant['name']}",
-            [*start, *extra, *variant["args"]],
-            spec["recipes"],
-            done,
-            variant["method"],
-        )
-        evaluate(
-            variant["method"],
-            str(run),
-            train_cpu_minutes=minutes(run),
-            started_from=variant["start_from"],
-            **{f"{variant['stage']}_args": variant["args"]},
-        )
-        if variant["stage"] == "grpo":
-            curves[variant["name"]] = json.loads((run / "curves.json").read_text())
+    else:  # self-distillation, then GRPO rank and similarity from the better of it and zero-shot (held-out R@10)
+        try:
+            chain.train("self_distillation", start="zero_shot", args=distill)
+        except RuntimeError as err:  # no sample beat the greedy rewrite within the filter: nothing to distil
+            if "no sampled rewrite beat the greedy one" not in str(err):
+                raise
+            log(f"{shift}: self-distillation kept nothing ({err}); GRPO starts from zero-shot")
+            results["_meta"].setdefault("kept_nothing", {})[shift] = {"self_distillation": str(err)}
+        sd, zs = done.get("self_distillation", {}).get("R@10", -1), done["zero_shot"]["R@10"]
+        start = "self_distillation" if sd >= zs else "zero_shot"
+        for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
+            flags = ["--reward_funcs", reward, "--evaluate_before_after", "false", *grpo]
+            run = chain.train(name, start=start, args=flags, drops=("oracle_best_of_8",) if reward == "rank" else ())
+            curves[reward] = json.loads((run / "curves.json").read_text())
+    if variant:  # one more stage, on top of the sizes
+        extra = [*distill, *args.distill_args] if args.distill_args else ["--evaluate_before_after", "false"]
+        extra = extra if args.distill_args else [*extra, *grpo, *args.grpo_args]
+        run = chain.train(variant, start=args.start_from, args=extra)
+        if not args.distill_args:
+            curves[args.variant] = json.loads((run / "curves.json").read_text())
     if own.get("best_of", True) and "oracle_best_of_8" not in done:
-        best, _ = best_of_n(rewriter(str(folder / "grpo-rank")), scorer, queries, targets, 8, references, batch_size=8)
-        record("oracle_best_of_8", best, policy="grape_rank")
+        policy = rewriter(str(chain.finished_folder("grape_rank")))
+        best, _ = best_of_n(policy, scorer, queries, targets, 8, references, batch_size=8)
+        done["oracle_best_of_8"] = {**score("oracle_best_of_8", best), "policy": "grape_rank"}
+        save()
     # The word-level probe of the held-out greedy rewrites before and after training (no model runs).
     groups = list(val["language"]) if "language" in val.column_names else None
     results.setdefault("word_probes", {})[shift] = {
         m: word_recall([[t] for t in rewrites[m]], captions, groups) for m in WORD_PROBED if m in rewrites
     }
-    if shipped is not None:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
+    if args.ship:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
         done.pop("previously_shipped", None)
+        shipped = dest_root / spec["shipped"].format(shift=shift.replace("_", "-"))
         if (shipped / "grape_rewriter.json").is_file():
-            evaluate("previously_shipped", str(shipped))
-    results["_meta"][shift] = {
-        "eval_queries": len(val),
-        "train_queries": len(task["train"]),
-        "corpus": len(scorer),
-        "shots": SHOTS[shift][0],
-    }
-    return curves
-
-
-# The methods whose held-out rewrites get the word-level probe (results["word_probes"][shift][method]).
-WORD_PROBED = ("no_rewrite", "zero_shot", "self_distillation", "grape_rank", "grpo_similarity")
-# The base stages' methods and their folders in a shift's stage cache.
-BASE_STAGES = {"self_distillation": "distill", "grape_rank": "grpo-rank", "grpo_similarity": "grpo-similarity"}
-
-
-def run_base_stages(shift: str, folder: Path, sizes: dict, own: dict, evaluate, done: dict, recipes: str) -> dict:
-    """Self-distillation from zero-shot, then GRPO `rank` and `similarity` from the better of the two (held-out R@10;
-    self-distillation on a tie), each evaluated; returns the GRPO runs' curves."""
-    from grape_hf.training.stages import stage_minutes as minutes
-
-    distill = [*sizes["distill"], *own.get("distill", [])]
-    distilled = run_stage("distill", shift, folder, folder / "distill", distill, recipes, done, "self_distillation")
-    evaluate("self_distillation", str(distilled), train_cpu_minutes=minutes(distilled), started_from="zero_shot")
-    start = "self_distillation" if done["self_distillation"]["R@10"] >= done["zero_shot"]["R@10"] else "zero_shot"
-    init = ["--init_rewriter", str(distilled)] if start == "self_distillation" else []
-    curves = {}
-    for reward, name in (("rank", "grape_rank"), ("similarity", "grpo_similarity")):
-        run = run_stage(
-            "grpo",
-            shift,
-            folder,
-            folder / f"grpo-{reward}",
-            [
-                *init,
-                "--reward_funcs",
-                reward,
-                "--evaluate_before_after",
-                "false",
-                *sizes["grpo"],
-                *own.get("grpo", []),
-            ],
-            recipes,
-            done,
-            *((name, "oracle_best_of_8") if reward == "rank" else (name,)),
+            chain.measure_row("previously_shipped", shipped)
+        method = variant or "grape_rank"
+        chain.ship(
+            method,
+            shipped,
+            before="no_rewrite",
+            zero_shot="zero_shot",
+            metric=HEADLINE.get(shift, "R@10"),
+            evaluation={
+                "split": "shapes world seed 1 (held out)",
+                "dataset": f"grape_hf.shapes {shift}",
+                "num_queries": len(val),
+                "corpus_size": len(scorer),
+            },
+            training={"results": "benchmarks/results/shapes.json"},
         )
-        evaluate(name, str(run), train_cpu_minutes=minutes(run), started_from=start)
-        curves[reward] = json.loads((run / "curves.json").read_text())
+    shots = SHOTS[shift][0]
+    results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer)}
+    results["_meta"][shift]["shots"] = shots
     return curves
 
 
-def stage_folder(method: str, folder: Path) -> Path:
-    """The rewriter folder of a method this script trains: grape_rank -> folder/grpo-rank, grape_rank_<v> ->
-    folder/grpo-<v>, self_distillation_<v> -> folder/distill-<v>."""
-    from grape_hf.training.stages import method_folder
-
-    if method in BASE_STAGES:
-        return method_folder(method, folder, BASE_STAGES)
-    return method_folder(method, folder, {"grape_rank": "grpo", "self_distillation": "distill"})
+# What a shift's rewriter is judged by when it replaces the shipped one: composed queries are easy at R@10 from the
+# reference caption alone, so there the first place counts.
+HEADLINE = {"composed": "R@1"}
 
 
 def main() -> None:
@@ -478,17 +372,6 @@ def main() -> None:
         parser.error("--grpo_args / --distill_args change what a stage trains: name the run with --variant.")
     if args.grpo_args and args.distill_args:
         parser.error("a variant is one stage: give --grpo_args or --distill_args, not both.")
-    variant = None
-    if args.variant:
-        stage = "distill" if args.distill_args else "grpo"
-        method = f"{'self_distillation' if stage == 'distill' else 'grape_rank'}_{args.variant}"
-        variant = {
-            "name": args.variant,
-            "stage": stage,
-            "method": method,
-            "start_from": args.start_from,
-            "args": args.distill_args or args.grpo_args,
-        }
     spec = REWRITERS[args.rewriter]
     sizes = QUICK if args.quick else with_overrides(FULL, spec.get("sizes", {}))
     tag = "_quick" if args.quick else ""
@@ -505,17 +388,12 @@ def main() -> None:
         results_file.write_text(json.dumps(everything, indent=2, ensure_ascii=False) + "\n")
 
     retriever = load_retriever(RETRIEVER, device="cpu")
-    curves = {}
-    dest_root = out / "shipped" if args.quick else ASSETS
-    for shift in args.shifts:
-        shipped = dest_root / spec["shipped"].format(shift=shift.replace("_", "-")) if args.ship else None
-        curves[shift] = run_shift(shift, out / shift, sizes, results, save, retriever, variant, shipped, spec)
-    if variant:  # the main command stays the one that trained the stages
+    if args.variant:  # the main command stays the one that trained the stages
         results["_meta"].setdefault("variants", {})[args.variant] = {"command": command, "shifts": args.shifts}
     else:
         results["_meta"]["command"] = command
-    for shift in args.shifts if args.ship else []:
-        ship(shift, out / shift, results, variant["method"] if variant else "grape_rank", dest_root, spec)
+    dest_root = out / "shipped" if args.quick else ASSETS
+    curves = {s: run_shift(s, out / s, sizes, results, save, retriever, args, spec, dest_root) for s in args.shifts}
     results["_meta"].update(
         retriever=RETRIEVER,
         direction="text -> image",
@@ -537,53 +415,6 @@ def with_overrides(sizes: dict, overrides: dict) -> dict:
         else:
             out[key] = {**sizes.get(key, {}), **value}
     return out
-
-
-# What a shift's rewriter is judged by when it replaces the shipped one: composed queries are easy at R@10 from the
-# reference caption alone, so there the first place counts.
-HEADLINE = {"composed": "R@1"}
-
-
-def ship(shift: str, folder: Path, results: dict, method: str, dest_root: Path, spec: dict) -> None:
-    """Copy METHOD's rewriter folder into the package with its held-out numbers and its chain of stages on the card,
-    if it beats the rewriter shipped now on the shift's headline metric (R@1 for composed, R@10 otherwise)."""
-    from grape_hf.metrics import METRICS
-    from grape_hf.training.stages import ship_rewriter
-
-    done, size, metric = results[shift], results["_meta"][shift], HEADLINE.get(shift, "R@10")
-    earlier = done.get("previously_shipped")
-    if earlier and done[method][metric] <= earlier[metric]:
-        log(
-            f"{shift}: not shipped: {method} {metric} {done[method][metric]} does not beat the shipped rewriter's "
-            f"{earlier[metric]}"
-        )
-        return
-    chain = [method]  # the stages that led to METHOD, latest first
-    while done[chain[-1]].get("started_from") not in (None, "zero_shot"):
-        chain.append(done[chain[-1]]["started_from"])
-    variants = results["_meta"].get("variants", {})
-    names = [m.removeprefix("grape_rank_").removeprefix("self_distillation_") for m in reversed(chain)]
-    commands = [results["_meta"]["command"]] + [variants[n]["command"] for n in names if n in variants]
-    training = dict(
-        method=method,
-        stages=list(reversed(chain)),
-        command=" && ".join(commands),
-        results="benchmarks/results/shapes.json",
-    )
-    evaluation = {
-        "before": {m: done["no_rewrite"][m] for m in METRICS},
-        "zero_shot": {m: done["zero_shot"][m] for m in METRICS},
-        "start": {m: done[done[method].get("started_from", "self_distillation")][m] for m in METRICS},
-        "after": {m: done[method][m] for m in METRICS},
-        **({"previously_shipped": {m: earlier[m] for m in METRICS}} if earlier else {}),
-        "split": "shapes world seed 1 (held out)",
-        "dataset": f"grape_hf.shapes {shift}",
-        "num_queries": size["eval_queries"],
-        "corpus_size": size["corpus"],
-    }
-    dest = dest_root / spec["shipped"].format(shift=shift.replace("_", "-"))
-    ship_rewriter(stage_folder(method, folder), dest, evaluation, training)
-    log(f"shipped {method} to {dest}")
 
 
 def report(results: dict, curves: dict, tag: str) -> None:

@@ -157,3 +157,61 @@ def tiny_gemma_dir(_tiny_gemma, tmp_path) -> Path:
     target = tmp_path / "tiny-gemma"
     shutil.copytree(_tiny_gemma, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def warm_start(_tiny_llama, multi30k_path, tmp_path_factory):
+    """A tiny LoRA SFT warm start (2 steps on Multi30k task1 pairs): a finished stage folder, trained once."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from grape_hf.training.configs import SFTScriptArguments
+    from grape_hf.training.sft import main
+
+    out = tmp_path_factory.mktemp("sft") / "warm"
+    args = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(_tiny_llama),
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--lora_target_modules",
+            "all-linear",
+            "--dataset_name",
+            str(multi30k_path),
+            "--max_train_samples",
+            "12",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            "--save_strategy",
+            "no",
+            "--max_length",
+            "128",
+            "--retriever",
+            "sentence-transformers:all-MiniLM-L6-v2",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "1",
+            "--dataset_test_split",
+            "validation",
+            "--max_eval_samples",
+            "4",
+        ],
+        fail_with_unknown_args=True,
+    )
+    main(*args)
+    return out

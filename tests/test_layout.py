@@ -77,7 +77,16 @@ FORBIDDEN = {
     "grape_hf.metrics": ("grape_hf.",),
     "grape_hf.models": ("grape_hf.",),
     "grape_hf.gguf_tokenizer": ("grape_hf.",),
-    "grape_hf.data": ("grape_hf.",),
+    "grape_hf.data": (
+        "grape_hf.retrieval",
+        "grape_hf.rewriting",
+        "grape_hf.training",
+        "grape_hf.shapes",
+        "grape_hf.evaluation",
+        "grape_hf.hub",
+        "grape_hf.models",
+        "grape_hf.metrics",
+    ),
 }
 # What a leaf part may still import: the offline model table rebuilds a GGUF's tokenizer with its own leaf module.
 ALLOWED = {"grape_hf.models": ("grape_hf.gguf_tokenizer",)}

@@ -306,6 +306,33 @@ def test_word_probe_counts_named_and_falsely_named_attribute_words():
         word_recall([["a red circle"]], ["a red circle", "a blue square"])
 
 
+def test_visible_facts_counts_the_attribute_words_in_clips_window(clip_tokenizer):
+    from grape_hf.shapes.word_probe import visible_facts
+
+    caption = "a small red circle at the top"
+    chatter = "well, let me tell you about this lovely picture that I looked at for a long while today " * 3
+    seen = visible_facts([caption, chatter + caption], [caption, caption], clip_tokenizer)
+    # the caption alone: all 4 words seen; after ~60 tokens of chatter: none of them in the 32-token window
+    assert seen["visible_facts"] == 0.5
+    assert seen["clip_tokens"] > 32 and seen["clip_tokens"] == (
+        len(clip_tokenizer.encode(caption)) + len(clip_tokenizer.encode(chatter + caption)) + 4
+    ) / 2
+
+
+def test_few_shot_examples_differ_in_language_and_come_from_training_scenes():
+    from grape_hf.shapes import build_grape_task
+    from grape_hf.shapes.prompts import few_shot_examples
+
+    task = build_grape_task("multilingual", train_images=40, eval_images=40, eval_queries=4)
+    shots = few_shot_examples("multilingual", task["train"])
+    by_query = {row["query"]: row for row in task["train"]}
+    assert len(shots) == 2 and len({by_query[s["query"]]["language"] for s in shots}) == 2
+    assert all(by_query[s["query"]]["target_caption"] == s["rewrite"] for s in shots)
+    assert few_shot_examples("multilingual", task["train"]) == shots  # seeded
+    with pytest.raises(ValueError, match="No few-shot prompt for the shapes shift 'in_distribution'"):
+        few_shot_examples("in_distribution", task["train"])
+
+
 def test_shipped_checkpoint_ranks_in_distribution_captions(shapes_clip):
     rows, corpus = build_shift("in_distribution", num_images=40, seed=5)
     images = shapes_clip.encode_image([scene.render() for scene in corpus])

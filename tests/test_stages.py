@@ -14,56 +14,6 @@ def parse(arg_classes, args):
     return TrlParser(arg_classes).parse_args_and_config(args=args, fail_with_unknown_args=True)
 
 
-@pytest.fixture(scope="module")
-def warm_start(_tiny_llama, multi30k_path, tmp_path_factory):
-    from trl import ModelConfig, SFTConfig
-
-    from grape_hf.training.configs import SFTScriptArguments
-    from grape_hf.training.sft import main
-
-    out = tmp_path_factory.mktemp("sft") / "warm"
-    args = parse(
-        (SFTScriptArguments, SFTConfig, ModelConfig),
-        [
-            "--model_name_or_path",
-            str(_tiny_llama),
-            *TINY_LORA,
-            "--dataset_name",
-            str(multi30k_path),
-            "--max_train_samples",
-            "12",
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "4",
-            "--learning_rate",
-            "1e-3",
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--save_strategy",
-            "no",
-            "--max_length",
-            "128",
-            "--retriever",
-            "sentence-transformers:all-MiniLM-L6-v2",
-            "--eval_strategy",
-            "steps",
-            "--eval_steps",
-            "1",
-            "--dataset_test_split",
-            "validation",
-            "--max_eval_samples",
-            "4",
-        ],
-    )
-    main(*args)
-    return out
-
-
 @pytest.mark.slow
 def test_sft_saves_a_rewriter_folder_trained_on_translation_pairs(warm_start, multi30k_path):
     from transformers import pipeline

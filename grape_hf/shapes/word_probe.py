@@ -26,7 +26,7 @@ from .vocabulary import COLOURS, POSITIONS, SHAPES, SIZES
 ATTRIBUTE_WORDS = frozenset({*COLOURS, *SHAPES, *SIZES, *POSITIONS})
 """Every word a shapes caption uses for an attribute."""
 
-__all__ = ["ATTRIBUTE_WORDS", "attribute_words", "word_recall"]
+__all__ = ["ATTRIBUTE_WORDS", "attribute_words", "visible_facts", "word_recall"]
 
 
 def attribute_words(text: str) -> set[str]:
@@ -72,4 +72,21 @@ def word_recall(samples: list[list[str]], captions: list[str], groups: list[str]
             if c[1]
         }
         for key, per_word in sorted(counts.items())
+    }
+
+
+def visible_facts(texts: list[str], captions: list[str], tokenizer, context: int = 32) -> dict:
+    """What a CLIP text tower reads of each text (its first `context` tokens, start and end included): the mean share
+    of the target caption's attribute words found there (`visible_facts`), and the texts' mean length in tokens
+    (`clip_tokens`). `tokenizer` is the retriever's (open_clip's `SimpleTokenizer`: `encode` and `decode`)."""
+    shares, lengths = [], []
+    for text, caption in zip(texts, captions):
+        ids = tokenizer.encode(text)
+        lengths.append(len(ids) + 2)
+        seen = set(tokenizer.decode(ids[: context - 2]).split())
+        facts = [word for word in caption.split() if word in ATTRIBUTE_WORDS]
+        shares.append(sum(word in seen for word in facts) / max(len(facts), 1))
+    return {
+        "visible_facts": round(sum(shares) / max(len(shares), 1), 4),
+        "clip_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
     }

@@ -2,6 +2,7 @@
 
 `configs` (every stage's argument dataclasses), `rewards` (`GRAPERewardFunction`, rewards by name), `trainer`
 (`GRAPETrainer`) with `merged_sampler` (the merged LoRA copy it samples with) and `group_decoding` (a GRPO group's
-prompt computed once), `callbacks`, `stages` (what the stages share; running, chaining, evaluating and shipping
-them), and one module per stage: `grpo`, `sft`, `distill`, `dpo`.
+prompt computed once), `callbacks`, `stages` (what the stages share; running, evaluating and shipping them), `chain`
+(`StageChain`: stages one from another, measured and shipped with their lineage), and one module per stage: `grpo`,
+`sft`, `distill`, `dpo`.
 """
