@@ -181,3 +181,37 @@ def test_cvlue_captions_target_their_image_files(tmp_path):
 
 def test_every_paper_benchmark_has_a_loader():
     assert sorted(PAPER_DATASETS) == ["cirr", "cvlue", "docci", "flickr30k_cn", "xm3600"]
+
+
+def test_paper_splits_hold_out_images_or_use_the_benchmarks_own(xm3600, tmp_path):
+    from grape_hf.data import load_paper_split
+
+    train = load_paper_split("xm3600", str(xm3600), "train", config="de", eval_images=1)
+    held = load_paper_split("xm3600", str(xm3600), "eval", config="de", eval_images=1)
+    assert len(train.corpus) == 2 and len(held.corpus) == 1
+    assert not set(train.queries["image_id"]) & set(held.queries["image_id"])  # no held-out image is trained on
+    assert len(train.queries) + len(held.queries) == 4 and set(held.queries["target_id"]) == {0}
+    assert all(0 <= t < 2 for t in train.queries["target_id"])
+    by_id = {"a1": (255, 0, 0), "b2": (0, 128, 0), "c3": (0, 0, 255)}  # each part's targets still point at their image
+    for part in (train, held):
+        for row in part.queries:
+            assert colour_of(part.corpus[row["target_id"]]) == by_id[row["image_id"]]
+    with pytest.raises(ValueError, match="xm3600 needs the query language"):
+        load_paper_split("xm3600", str(xm3600), "train")
+    with pytest.raises(ValueError, match="Unknown paper benchmark 'coco'"):
+        load_paper_split("coco", str(xm3600))
+    with pytest.raises(ValueError, match="flickr30k_cn is not on the Hub"):
+        load_paper_split("flickr30k_cn")
+
+
+def test_a_recipe_reads_a_paper_benchmark_through_its_script_arguments(xm3600):
+    from grape_hf import GRAPEScriptArguments
+    from grape_hf.training.stages import load_split
+
+    args = GRAPEScriptArguments(
+        dataset_name=str(xm3600), paper_dataset="xm3600", dataset_config="de", paper_eval_images=1
+    )
+    train, held = load_split(args, args.dataset_train_split, seed=0), load_split(args, args.dataset_test_split, 0)
+    assert (len(train.corpus), len(held.corpus)) == (2, 1) and train.info["part"] == "train"
+    with pytest.raises(ValueError, match="paper_dataset 'coco' is not a paper benchmark"):
+        GRAPEScriptArguments(dataset_name=str(xm3600), paper_dataset="coco")

@@ -15,7 +15,15 @@ Sources, one module each:
 from .base import GRAPEData, check_count
 from .grape import load_grape_dataset
 from .multi30k import MULTI30K_SPLITS, is_multi30k_dir, load_multi30k
-from .paper import PAPER_DATASETS, load_cirr, load_cvlue, load_docci, load_flickr30k_cn, load_xm3600
+from .paper import (
+    PAPER_DATASETS,
+    load_cirr,
+    load_cvlue,
+    load_docci,
+    load_flickr30k_cn,
+    load_paper_split,
+    load_xm3600,
+)
 
 __all__ = [
     "MULTI30K_SPLITS",
@@ -29,5 +37,6 @@ __all__ = [
     "load_flickr30k_cn",
     "load_grape_dataset",
     "load_multi30k",
+    "load_paper_split",
     "load_xm3600",
 ]

@@ -33,7 +33,15 @@ from pathlib import Path
 
 from .base import GRAPEData, check_count
 
-__all__ = ["PAPER_DATASETS", "load_cirr", "load_cvlue", "load_docci", "load_flickr30k_cn", "load_xm3600"]
+__all__ = [
+    "PAPER_DATASETS",
+    "load_cirr",
+    "load_cvlue",
+    "load_docci",
+    "load_flickr30k_cn",
+    "load_paper_split",
+    "load_xm3600",
+]
 
 XM3600_ID = "floschne/xm3600"
 CIRR_ID, CIRR_IMAGES_ID = "royokong/cirr_val", "royokong/cirr_imgs"
@@ -316,3 +324,85 @@ PAPER_DATASETS = {
     "cvlue": load_cvlue,
 }
 """Benchmark name → its loader (the recipes' `paper_dataset`)."""
+
+
+# Where a benchmark's training and held-out queries come from: its own splits, or a seeded hold-out of one labelled
+# set (`images`: held-out images with their captions, the corpus split with them; `queries`: held-out queries over
+# the same gallery, for CIRR, whose references and targets share it).
+PAPER_SPLITS = {
+    "xm3600": {"hold_out": "images"},
+    "cirr": {"hold_out": "queries"},
+    "docci": {"train": {"split": "train"}, "eval": {"split": "test"}},
+    "flickr30k_cn": {"train": {"split": "train"}, "eval": {"split": "valid"}},
+    "cvlue": {"train": {"annotations": "train.json"}, "eval": {"annotations": "val.json"}},
+}
+
+
+def load_paper_split(
+    name: str,
+    source: str | None = None,
+    part: str = "train",
+    config: str | None = None,
+    eval_images: int = 500,
+    max_queries: int | None = None,
+    seed: int = 0,
+) -> GRAPEData:
+    """A paper benchmark's training or held-out part, as a recipe's `paper_dataset` reads it: its own train / held-out
+    splits where it has both (DOCCI, Flickr30k-CN, CVLUE), else a seeded hold-out of its one labelled set (XM3600: of
+    `eval_images` images with their captions, each part ranking its own images; CIRR: of `eval_images` pairs over the
+    whole gallery).
+
+    Args:
+        name (`str`): A key of [`PAPER_DATASETS`].
+        source (`str`, *optional*): The Hub id or local copy (default: the loader's own; required for the local-only
+            Flickr30k-CN and CVLUE).
+        part (`str`, *optional*, defaults to `"train"`): `"train"` or `"eval"`.
+        config (`str`, *optional*): XM3600's query language (TRL's `dataset_config`).
+        eval_images (`int`, *optional*, defaults to 500): The hold-out's size.
+        max_queries, seed: A seeded subset of the part's queries, and the seed of the hold-out too.
+    """
+    if name not in PAPER_DATASETS:
+        raise ValueError(f"Unknown paper benchmark {name!r}; choose one of {sorted(PAPER_DATASETS)}.")
+    if part not in ("train", "eval"):
+        raise ValueError(f"part must be 'train' or 'eval', got {part!r}.")
+    check_count("eval_images", eval_images, "held-out images")
+    loader, plan = PAPER_DATASETS[name], PAPER_SPLITS[name]
+    kwargs = {"source": source} if source and name in ("xm3600", "cirr", "docci") else {}
+    if name in ("flickr30k_cn", "cvlue"):
+        if not source:
+            raise ValueError(f"{name} is not on the Hub: give the folder of its local copy as the dataset_name.")
+        kwargs = {"path": source}
+    if name == "xm3600":
+        if not config:
+            raise ValueError("xm3600 needs the query language as its config (dataset_config: de, zh, sw, ...).")
+        kwargs["language"] = config
+    if "hold_out" not in plan:
+        data = loader(**kwargs, **plan[part])
+        keep = _subset(len(data.queries), max_queries, seed)
+        queries = data.queries if len(keep) == len(data.queries) else data.queries.select(keep)
+        return GRAPEData(queries, data.corpus, f"{data.name} ({part})", {**data.info, "part": part})
+    data = loader(**kwargs)
+    held = set(
+        random.Random(f"{name}-hold-out-{seed}").sample(
+            range(_units(data, plan)), min(eval_images, _units(data, plan))
+        )
+    )
+    if plan["hold_out"] == "queries":
+        rows = [i for i in range(len(data.queries)) if (i in held) == (part == "eval")]
+        queries = data.queries.select(rows)
+        corpus = data.corpus
+    else:  # images: the part's images are its corpus; target ids renumbered into it
+        images = [i for i in range(len(data.corpus)) if (i in held) == (part == "eval")]
+        position = {image: new for new, image in enumerate(images)}
+        targets = data.queries["target_id"]
+        queries = data.queries.select([i for i, t in enumerate(targets) if t in position])
+        queries = queries.map(lambda row: {"target_id": position[row["target_id"]]})
+        corpus = [data.corpus[i] for i in images]
+    keep = _subset(len(queries), max_queries, seed)
+    queries = queries if len(keep) == len(queries) else queries.select(keep)
+    info = {**data.info, "part": part, "num_images": len(corpus), "num_queries": len(queries)}
+    return GRAPEData(queries, corpus, f"{data.name} ({part})", info)
+
+
+def _units(data: GRAPEData, plan: dict) -> int:
+    return len(data.queries) if plan["hold_out"] == "queries" else len(data.corpus)

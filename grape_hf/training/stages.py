@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..data import GRAPEData, is_multi30k_dir, load_grape_dataset
+from ..data import GRAPEData, is_multi30k_dir, load_grape_dataset, load_paper_split
 from ..evaluation import evaluate_rewriters
 from ..models import cache_home, resolve_model_path
 from ..retrieval.scorer import RankScorer
@@ -59,6 +59,16 @@ def load_split(script_args, split: str, seed: int, corpus_index: int = 1) -> GRA
     task2's five descriptions make the corpus)."""
     train = split == script_args.dataset_train_split
     max_queries = script_args.max_train_samples if train else script_args.max_eval_samples
+    if getattr(script_args, "paper_dataset", None):
+        return load_paper_split(
+            script_args.paper_dataset,
+            script_args.dataset_name,
+            part="train" if train else "eval",
+            config=script_args.dataset_config,
+            eval_images=script_args.paper_eval_images,
+            max_queries=max_queries,
+            seed=seed,
+        )
     if is_multi30k_dir(script_args.dataset_name):
         kwargs = {
             "task": script_args.multi30k_task,
