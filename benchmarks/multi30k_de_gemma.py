@@ -300,9 +300,9 @@ def ship(method: str, methods: dict) -> None:
         method=method,
     )
     dest = SHIPPED_REWRITERS_DIR / "gemma3-270m-grape-multi30k-de"
-    ship_rewriter(row["folder"], dest, evaluation, dataset="Multi30k task2 (German queries, English captions)")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        (dest / name).unlink(missing_ok=True)  # 32 MB; loading takes the base model's (rebuilt offline) tokenizer
+    # No tokenizer files (32 MB): loading takes the base model's (rebuilt offline) tokenizer.
+    dataset = "Multi30k task2 (German queries, English captions)"
+    ship_rewriter(row["folder"], dest, evaluation, keep_tokenizer=False, dataset=dataset)
     print(f"shipped {method} as {dest}", flush=True)
 
 

@@ -79,6 +79,7 @@ REWRITERS = {
         "dtype": "auto",
         "results_key": "gemma3-270m",
         "shipped": "gemma3-270m-grape-shapes-{shift}",
+        "keep_tokenizer": False,  # 32 MB: the shipped folder loads the base model's rebuilt tokenizer
         # On top of FULL: more training queries and steps (one shift's stages ~35 min on the 2-core AVX2 CPU in fp32,
         # ~3 completions/s), and the oracle best of 8 on every shift.
         "sizes": {
@@ -300,7 +301,8 @@ def run_shift(
                 "num_queries": len(val),
                 "corpus_size": len(scorer),
             },
-            training={"results": "benchmarks/results/shapes.json"},
+            training={"results": "benchmarks/results/shapes.json", "results_key": spec["results_key"]},
+            keep_tokenizer=spec.get("keep_tokenizer", True),
         )
     shots = SHOTS[shift][0]
     results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer)}

@@ -19,7 +19,7 @@ Environment variables (all optional; the defaults are shipped with grape_hf and 
 
 | variable | default |
 |---|---|
-| `GRAPE_SPACE_REWRITER_MULTILINGUAL` | the shipped `smollm2-135m-grape-shapes-multilingual` |
+| `GRAPE_SPACE_REWRITER_MULTILINGUAL` | the shipped `gemma3-270m-grape-shapes-multilingual` (Gemma 3 270M, rank-GRPO) |
 | `GRAPE_SPACE_REWRITER_LONG_FORM` | `HuggingFaceTB/SmolLM2-135M-Instruct`, prompt-only with the `long_form` prompt |
 | `GRAPE_SPACE_REWRITER_COMPOSED` | the shipped `smollm2-135m-grape-shapes-composed` |
 | `GRAPE_SPACE_REWRITER_CAPTIONS` | the shipped `gemma3-270m-grape-multi30k-de` (Gemma 3 270M, rank-GRPO) |
@@ -80,7 +80,7 @@ class SpaceSettings:
 
         env = os.environ if environ is None else environ
         defaults = {
-            "multilingual": str(shipped_rewriter_path("smollm2-135m-grape-shapes-multilingual")),
+            "multilingual": str(shipped_rewriter_path("gemma3-270m-grape-shapes-multilingual")),
             "long_form": SMOLLM2_ID,
             "composed": str(shipped_rewriter_path("smollm2-135m-grape-shapes-composed")),
             "captions": str(shipped_rewriter_path("gemma3-270m-grape-multi30k-de")),

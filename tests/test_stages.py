@@ -428,3 +428,6 @@ def test_ship_rewriter_writes_an_fp16_adapter_and_its_card(tmp_path):
     assert {str(w.dtype) for w in weights.values()} == {"torch.float16"}
     assert "0.7" in (tmp_path / "shipped" / "README.md").read_text()
     assert not list((tmp_path / "shipped").glob("checkpoint-*"))
+    assert (tmp_path / "shipped" / "tokenizer.json").is_file()  # kept by default
+    ship_rewriter(shipped_rewriter_path(), tmp_path / "lean", evaluation, keep_tokenizer=False)
+    assert not list((tmp_path / "lean").glob("tokenizer*")) and (tmp_path / "lean" / "adapter").is_dir()

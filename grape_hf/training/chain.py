@@ -162,13 +162,15 @@ class StageChain:
         metrics: tuple | None = None,
         evaluation: dict | None = None,
         training: dict | None = None,
+        keep_tokenizer: bool = True,
         **fields,
     ) -> bool:
         """Ship `method`'s rewriter as `dest` ([`~grape_hf.training.stages.ship_rewriter`]) if it beats the `baseline`
         row (the rewriter shipped now, measured on the same queries) on `metric`, or there is none. Its card holds the
         rows `before` (the query as is), `zero_shot` (the prompted base model), each earlier stage of its lineage,
         `after` (`method`) and the baseline, plus `evaluation`'s fields (split, dataset, sizes); its training record
-        holds the method, its stages with their modules, their commands, and `training`'s fields.
+        holds the method, its stages with their modules, their commands, and `training`'s fields. `keep_tokenizer`
+        and `fields` go to [`~grape_hf.training.stages.ship_rewriter`].
 
         Returns:
             `bool`: whether it shipped.
@@ -195,6 +197,7 @@ class StageChain:
             **({"command": " && ".join(commands)} if commands else {}),
             **(training or {}),
         }
-        ship_rewriter(self.finished_folder(method), dest, {**card, **(evaluation or {})}, record, **fields)
+        folder, numbers = self.finished_folder(method), {**card, **(evaluation or {})}
+        ship_rewriter(folder, dest, numbers, record, keep_tokenizer=keep_tokenizer, **fields)
         self.log(f"shipped {method} ({metric} {new}, against {old}) to {dest}")
         return True

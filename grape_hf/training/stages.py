@@ -358,11 +358,23 @@ def best_of_n(rewriter, scorer, queries: list, targets: list, n: int = 8, refere
     return [samples[i][j] for i, j in enumerate(best.indices.tolist())], best.values
 
 
-def ship_rewriter(folder: str | Path, dest: str | Path, evaluation: dict, training: dict | None = None, **fields):
+# A tokenizer file a shipped folder may leave out: loading then takes the base model's (Gemma's is 32 MB).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def ship_rewriter(
+    folder: str | Path,
+    dest: str | Path,
+    evaluation: dict,
+    training: dict | None = None,
+    keep_tokenizer: bool = True,
+    **fields,
+):
     """Ship a stage's rewriter folder as `dest` (e.g. in `grape_hf/assets/rewriters/`): what a Hub push would hold
     ([`~grape_hf.hub.build_upload_folder`]: no checkpoints, the current remote code), the adapter in fp16 (half the
     size, the same rewrites), `training` added to its `grape_rewriter.json`'s (less `init_rewriter`, a local path),
     `evaluation` as its numbers, other `fields` (`dataset=`, `corpus=`) set, and the model card rendered from it.
+    `keep_tokenizer=False` leaves the tokenizer files out (an unchanged base model's: loading takes the base model's).
 
     Returns:
         [`~grape_hf.rewriting.folder.RewriterConfig`]: what `dest/grape_rewriter.json` now holds.
@@ -379,6 +391,8 @@ def ship_rewriter(folder: str | Path, dest: str | Path, evaluation: dict, traini
     weights = dest / "adapter" / "adapter_model.safetensors"
     if weights.is_file():
         save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
+    for name in () if keep_tokenizer else TOKENIZER_FILES:
+        (dest / name).unlink(missing_ok=True)
     config = RewriterConfig.load(dest)
     config.training.pop("init_rewriter", None)
     config.training.update(training or {})
