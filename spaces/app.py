@@ -32,7 +32,7 @@ EXAMPLES_FILE = Path(os.environ.get("GRAPE_SPACE_EXAMPLES", Path(__file__).with_
 TRACK_CHOICES = [("Images (shapes world, grape-shapes-clip)", "images"), ("Captions (Multi30k, MiniLM)", "captions")]
 SHIFT_TITLES = {
     "multilingual": "Images · German, French, Spanish, Chinese",
-    "long_form": "Images · a long description (base SmolLM2, prompt only: no trained long-form rewriter is shipped)",
+    "long_form": "Images · a long description (base SmolLM2, prompt only)",
     "composed": "Images · a reference image plus an edit",
     "captions": "Captions · German Multi30k descriptions",
 }
