@@ -132,10 +132,11 @@ def load_xm3600(
     check_count("max_queries", max_queries, "queries")
     split = load_hub_split(source, language, revision)
     _columns(split, ("image_id", "captions") + (("image",) if corpus == "images" else ()), source)
-    keep = _subset(len(split), max_images, seed)
-    image_ids = [split[i]["image_id"] for i in keep]
+    # The kept rows read once, column by column: indexing a row decodes all of it, its image included.
+    kept = split.select(_subset(len(split), max_images, seed))
+    image_ids, captions = kept["image_id"], kept["captions"]
     if corpus == "images":
-        items = [decode_image(split[i]["image"]) for i in keep]
+        items = [decode_image(image) for image in kept["image"]]
     else:
         other = load_hub_split(source, corpus_language, revision)
         _columns(other, ("image_id", "captions"), source)
@@ -147,12 +148,12 @@ def load_xm3600(
             )
         items = [first[i] for i in image_ids]
     rows = {"query": [], "target_id": [], "image_id": []}
-    for position, i in enumerate(keep):
-        for caption in split[i]["captions"]:
+    for position, (image_id, texts) in enumerate(zip(image_ids, captions)):
+        for caption in texts:
             if caption and caption.strip():
                 rows["query"].append(caption.strip())
                 rows["target_id"].append(position)
-                rows["image_id"].append(split[i]["image_id"])
+                rows["image_id"].append(image_id)
     info = {"language": language, "corpus": corpus, "num_images": len(items), "num_queries": len(rows["query"])}
     return GRAPEData(_queries(rows, max_queries, seed), items, f"xm3600/{language}->{corpus}", info)
 
@@ -191,7 +192,7 @@ def load_cirr(
     _columns(gallery, ("id", "img"), images)
     position = {str(image_id): i for i, image_id in enumerate(gallery["id"])}
     rows = {"query": [], "reference": [], "reference_id": [], "target_id": []}
-    for pair in pairs:
+    for pair in pairs.select_columns(["candidate", "candidate_id", "caption", "target_id"]):  # not the target image
         for key in ("candidate_id", "target_id"):
             if str(pair[key]) not in position:
                 raise ValueError(f"{source!r}: {key} {pair[key]!r} is not an image of {images!r} split {split!r}.")
@@ -227,12 +228,12 @@ def load_docci(
     data = load_hub_split(source, split, revision)
     text = "description" if "description" in data.column_names else "answer"
     _columns(data, ("image", text), source)
-    keep = _subset(len(data), max_images, seed)
-    rows = {"query": [data[i][text].strip() for i in keep], "target_id": list(range(len(keep)))}
-    if "example_id" in data.column_names:
-        rows["example_id"] = [data[i]["example_id"] for i in keep]
-    corpus = [decode_image(data[i]["image"]) for i in keep]
-    info = {"split": split, "num_images": len(corpus), "num_queries": len(keep)}
+    kept = data.select(_subset(len(data), max_images, seed))  # read column by column: a row decodes its image
+    rows = {"query": [t.strip() for t in kept[text]], "target_id": list(range(len(kept)))}
+    if "example_id" in kept.column_names:
+        rows["example_id"] = kept["example_id"]
+    corpus = [decode_image(image) for image in kept["image"]]
+    info = {"split": split, "num_images": len(corpus), "num_queries": len(kept)}
     return GRAPEData(_queries(rows, None, seed), corpus, f"docci/{split}", info)
 
 
@@ -382,11 +383,8 @@ def load_paper_split(
         queries = data.queries if len(keep) == len(data.queries) else data.queries.select(keep)
         return GRAPEData(queries, data.corpus, f"{data.name} ({part})", {**data.info, "part": part})
     data = loader(**kwargs)
-    held = set(
-        random.Random(f"{name}-hold-out-{seed}").sample(
-            range(_units(data, plan)), min(eval_images, _units(data, plan))
-        )
-    )
+    units = len(data.queries) if plan["hold_out"] == "queries" else len(data.corpus)
+    held = set(random.Random(f"{name}-hold-out-{seed}").sample(range(units), min(eval_images, units)))
     if plan["hold_out"] == "queries":
         rows = [i for i in range(len(data.queries)) if (i in held) == (part == "eval")]
         queries = data.queries.select(rows)
@@ -402,7 +400,3 @@ def load_paper_split(
     queries = queries if len(keep) == len(queries) else queries.select(keep)
     info = {**data.info, "part": part, "num_images": len(corpus), "num_queries": len(queries)}
     return GRAPEData(queries, corpus, f"{data.name} ({part})", info)
-
-
-def _units(data: GRAPEData, plan: dict) -> int:
-    return len(data.queries) if plan["hold_out"] == "queries" else len(data.corpus)
