@@ -183,6 +183,10 @@ def _check_shapes_task(args: argparse.Namespace) -> None:
 
     if args.shift not in SHIFTS:
         raise ValueError(f"--shift {args.shift!r} is not a shapes shift; choose one of {list(SHIFTS)}.")
+    if args.reference_images and args.shift != "composed":
+        raise ValueError(
+            f"--reference_images is for --shift composed (a reference image plus an edit), not {args.shift!r}."
+        )
     folder = Path(args.output_dir)
     if folder.exists() and any(folder.iterdir()) and not args.overwrite:
         raise ValueError(f"--output_dir {str(folder)!r} is not empty; pass --overwrite or give a new folder.")
@@ -200,6 +204,7 @@ def _shapes_task(args: argparse.Namespace) -> int:
         train_seed=args.train_seed,
         eval_seed=args.eval_seed,
         composed_negatives=args.composed_negatives,
+        reference_images=args.reference_images,
     )
     task.save_to_disk(args.output_dir)
     print(f"{args.output_dir}: " + ", ".join(f"{name} {len(split)}" for name, split in task.items()))
@@ -276,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--eval_seed", type=int, default=1)
     shapes.add_argument(
         "--composed_negatives", type=int, default=1, help="composed: other edits of each reference in the corpus."
+    )
+    shapes.add_argument(
+        "--reference_images",
+        action="store_true",
+        help="composed: add each query's reference image (column reference_image), for a vision-language rewriter.",
     )
     shapes.add_argument("--overwrite", action="store_true")
     shapes.set_defaults(func=_shapes_task, check=_check_shapes_task)

@@ -324,6 +324,20 @@ class SpaceEngine:
         An image of the composed corpus is recognised by its pixels; any other image is read as the caption of its
         nearest corpus image (by `grape-shapes-clip`'s image embedding).
         """
+        reference = self.open_reference(reference)
+        ref_id = self.composed.image_ids.get(image_key(reference))
+        if ref_id is not None:
+            return ref_id, self.composed.items[ref_id], "a corpus image: its caption"
+        embedding = self.image_retriever.encode_image([reference])
+        scores, ids = self.composed.scorer.search(embedding, k=1)
+        nearest = int(ids[0, 0])
+        note = f"not a corpus image: read as its nearest corpus image's caption (similarity {float(scores[0, 0]):.3f})"
+        return None, self.composed.items[nearest], note
+
+    @staticmethod
+    def open_reference(reference):
+        """The reference as an RGB PIL image (an uploaded file is opened), or a `SpaceInputError` saying what to
+        upload."""
         from PIL import Image, UnidentifiedImageError
 
         if isinstance(reference, str | Path):
@@ -336,14 +350,7 @@ class SpaceEngine:
                     f"The reference file {Path(reference).name!r} is not an image ({type(err).__name__}); upload a "
                     "PNG or JPEG."
                 ) from err
-        ref_id = self.composed.image_ids.get(image_key(reference))
-        if ref_id is not None:
-            return ref_id, self.composed.items[ref_id], "a corpus image: its caption"
-        embedding = self.image_retriever.encode_image([reference])
-        scores, ids = self.composed.scorer.search(embedding, k=1)
-        nearest = int(ids[0, 0])
-        note = f"not a corpus image: read as its nearest corpus image's caption (similarity {float(scores[0, 0]):.3f})"
-        return None, self.composed.items[nearest], note
+        return reference
 
     def search(
         self, track: str, query: str, reference=None, num_rewrites: int = 1, k: int = 8, shift: str | None = None
@@ -377,10 +384,16 @@ class SpaceEngine:
         corpus = {"captions": self.captions, "composed": self.composed}.get(kind, self.shapes)
         retriever = self.caption_retriever if track == "captions" else self.image_retriever
         reference_info, reference_caption, target = None, None, None
+        # A vision-language composed rewriter reads the reference image itself; a text rewriter reads its caption.
+        reads_images = getattr(self.rewriters[kind], "processor", None) is not None
+        rewriter_reference = None
         if kind == "composed":
             ref_id, reference_caption, note = self.read_reference(reference)
+            if reads_images:
+                note = "read as an image by the vision-language rewriter"
             reference_info = {"id": ref_id, "caption": reference_caption, "note": note}
             target = self.composed.targets.get((ref_id, query.strip()))
+            rewriter_reference = self.open_reference(reference) if reads_images else reference_caption
         else:
             target = corpus.targets.get(query.strip())
 
@@ -393,7 +406,7 @@ class SpaceEngine:
             result = engine.search(
                 query,
                 k=len(corpus),
-                reference=reference_caption,
+                reference=rewriter_reference,
                 ensemble=num_rewrites if num_rewrites > 1 else 0,
                 **generate,
             )

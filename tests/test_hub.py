@@ -34,6 +34,7 @@ PUBLISHED = {
     "saving.py",
     "prompting.py",
     "generation.py",
+    "vision.py",
     "devices.py",
     "grape_prompts.json",
     "README.md",

@@ -76,7 +76,8 @@ class GRAPERetriever:
         Args:
             query (`str` or `list[str]`): The queries.
             k (`int`, *optional*, defaults to `10`): Results per ranking.
-            reference (`str` or `list[str]`, *optional*): Reference captions (composed queries).
+            reference (`str` or `list[str]`, *optional*): Reference captions (composed queries); reference images
+                (PIL) for a vision-language rewriter.
             ensemble (`int`, *optional*, defaults to `0`): If > 0, sample this many rewrites and add an `"ensemble"`
                 ranking that fuses them and the original query by reciprocal-rank fusion.
             **generate_kwargs: Generation settings for the rewriter.
@@ -97,7 +98,7 @@ class GRAPERetriever:
             raise ValueError(f"k must be a positive number of results, got {k}.")
         if ensemble < 0:
             raise ValueError(f"ensemble must be 0 (off) or a number of sampled rewrites, got {ensemble}.")
-        references = [reference] if single and isinstance(reference, str) else reference
+        references = [reference] if single and reference is not None and not isinstance(reference, list) else reference
         rewrites = self.rewrite(queries, references, num_rewrites=max(ensemble, 1), **generate_kwargs)
 
         texts = queries + [r for per_query in rewrites for r in per_query]

@@ -190,3 +190,51 @@ def to_prompt_dataset(data, template: PromptTemplate, reference_column: str = "r
         return {"prompt": template.build_prompt(example["query"], reference)}
 
     return queries.map(add_prompt)
+
+
+def to_image_prompt_dataset(data, template: PromptTemplate, reference_column: str = "reference"):
+    """TRL's multimodal GRPO inputs for a vision-language rewriter: the `prompt` column as chat messages whose user
+    turn holds an image placeholder where `{reference}` is (see
+    [`~grape_hf.rewriting.prompting.render_image_messages`]), and the `image` column TRL fills it from: the reference
+    image of `reference_column`.
+
+    Example:
+    ```python
+    >>> from datasets import Dataset
+    >>> from PIL import Image
+    >>> from grape_hf.data import GRAPEData
+    >>> from grape_hf.rewriting.prompts import get_prompt_template, to_image_prompt_dataset
+    >>> image = Image.new("RGB", (8, 8))
+    >>> rows = [{"query": "make it red", "reference": image, "target_id": 0}]
+    >>> data = GRAPEData(Dataset.from_list(rows), [image], "demo")
+    >>> row = to_image_prompt_dataset(data, get_prompt_template("composed_image"))[0]
+    >>> [part["type"] for part in row["prompt"][-1]["content"]], row["image"].size
+    (['text', 'image', 'text'], (8, 8))
+    ```
+    """
+    from .prompting import render_image_messages
+
+    if template.is_completion:
+        raise ValueError(
+            "A vision-language rewriter takes chat prompts (its processor's chat template places the image); the "
+            f"{template.shift or 'given'} prompt has format 'completion'. Use prompt_format: chat."
+        )
+    queries = getattr(data, "queries", data)
+    if reference_column not in queries.column_names:
+        raise ValueError(
+            f"A vision-language rewriter needs each query's reference image, but the queries have no "
+            f"{reference_column!r} column (they have {queries.column_names}). Set reference_column to the image "
+            "column (e.g. reference_image for `grape-hf shapes-task --reference_images`)."
+        )
+    first = queries[0][reference_column]
+    if isinstance(first, str) or not hasattr(first, "size"):
+        raise ValueError(
+            f"The {reference_column!r} column holds {type(first).__name__}s ({first!r:.60}), not images; a "
+            "vision-language rewriter reads the reference image. Point reference_column at the image column."
+        )
+    template_dict = template.to_dict()
+
+    def add_prompt(example):
+        return {"prompt": render_image_messages(template_dict, example["query"]), "image": example[reference_column]}
+
+    return queries.map(add_prompt)

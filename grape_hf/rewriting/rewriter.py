@@ -18,6 +18,7 @@ from .folder import REWRITER_CONFIG_NAME, is_adapter_model, load_rewriter, train
 from .generation import check_context, decode_rewrites, generate_rewrite_tokens
 from .prompting import is_blank
 from .prompts import PromptTemplate, get_prompt_template
+from .vision import check_images, encode_image_prompts, is_processor, text_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +26,13 @@ logger = logging.getLogger(__name__)
 class QueryRewriter:
     """Batched query rewriting with a causal LM through its chat template.
 
+    A vision-language rewriter (its processor given as `tokenizer`) rewrites composed queries from the reference
+    image itself: `rewrite(edits, references=images)` (see [`~grape_hf.rewriting.vision`]).
+
     Args:
         model ([`~transformers.PreTrainedModel`]): The rewriter LM (a PEFT model works too).
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Its tokenizer; left padding is used for generation.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`] or [`~transformers.ProcessorMixin`]): Its tokenizer, or
+            a vision-language model's processor; left padding is used for generation.
         template ([`~grape_hf.rewriting.prompts.PromptTemplate`], *optional*): The prompt; defaults to the multilingual
         one.
         max_new_tokens (`int`, *optional*, defaults to `48`): Length of a rewrite.
@@ -43,7 +48,8 @@ class QueryRewriter:
 
     def __init__(self, model, tokenizer, template: PromptTemplate | None = None, max_new_tokens: int = 48):
         self.model = model
-        self.tokenizer = tokenizer
+        self.processor = tokenizer if is_processor(tokenizer) else None
+        self.tokenizer = text_tokenizer(tokenizer)
         self.template = template or get_prompt_template("multilingual")
         self.max_new_tokens = max_new_tokens
         with_pad_token(self.tokenizer)
@@ -87,11 +93,22 @@ class QueryRewriter:
         do_sample: bool | None = None,
         **generation_kwargs,
     ) -> list[list[str]]:
-        """Rewrite each query; returns `num_rewrites` rewrites per query (greedy unless sampling)."""
+        """Rewrite each query; returns `num_rewrites` rewrites per query (greedy unless sampling).
+
+        `references`: one reference caption per query for a composed prompt; for a vision-language rewriter, one
+        reference image (PIL) per query, always.
+        """
         if isinstance(queries, str):
             raise TypeError(
                 f"queries must be a list of strings; got the string {queries[:60]!r}. Pass [query] for one query."
             )
+        if do_sample is None:
+            do_sample = num_rewrites > 1
+        generation_kwargs.setdefault("max_new_tokens", self.max_new_tokens)
+        generation_kwargs.update(num_rewrites=num_rewrites, do_sample=do_sample)
+        if self.processor is not None:
+            images = check_images(references, queries, what="references")
+            return self._rewrite_with_images(queries, images, batch_size, generation_kwargs)
         if references is not None and (isinstance(references, str) or len(references) != len(queries)):
             raise ValueError(f"references must be a list with one caption per query ({len(queries)}).")
         if references is not None and not self.template.needs_reference:
@@ -99,15 +116,12 @@ class QueryRewriter:
                 f"references were given, but the {self.template.shift or 'given'} prompt has no '{{reference}}' slot, "
                 "so they would be ignored. Use a composed template (get_prompt_template('composed')) or drop them."
             )
-        if do_sample is None:
-            do_sample = num_rewrites > 1
         # A blank query (only whitespace or zero-width characters) is returned as it is, as the pipeline does.
         todo = [i for i, query in enumerate(queries) if not is_blank(query)]
         results: list[list[str]] = [[query] * num_rewrites for query in queries]
         queries = [queries[i] for i in todo]
         references = None if references is None else [references[i] for i in todo]
         texts = self.prompts(list(queries), references)
-        generation_kwargs.setdefault("max_new_tokens", self.max_new_tokens)
         device = next(self.model.parameters()).device
         outputs: list[list[str]] = []
         old_side = self.tokenizer.padding_side
@@ -128,8 +142,6 @@ class QueryRewriter:
                     self.tokenizer,
                     batch["input_ids"],
                     batch["attention_mask"],
-                    num_rewrites=num_rewrites,
-                    do_sample=do_sample,
                     stop_at_newline=self.template.is_completion,
                     **generation_kwargs,
                 )
@@ -139,6 +151,29 @@ class QueryRewriter:
         for i, rewrites in zip(todo, outputs):
             results[i] = rewrites
         return results
+
+    def _rewrite_with_images(self, queries: list[str], images: list, batch_size: int, generation_kwargs: dict):
+        """A vision-language rewriter's path: each edit with its reference image, through the processor."""
+        template = self.template.to_dict()
+        device = next(self.model.parameters()).device
+        outputs: list[list[str]] = []
+        for start in range(0, len(queries), batch_size):
+            batch = encode_image_prompts(
+                self.processor, template, queries[start : start + batch_size], images[start : start + batch_size]
+            ).to(device=device, dtype=self.model.dtype)  # floating inputs (pixel values) in the model's dtype
+            check_context(self.model, batch["attention_mask"], generation_kwargs["max_new_tokens"], queries[start:])
+            inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+            new_tokens = generate_rewrite_tokens(
+                self.model,
+                self.tokenizer,
+                batch["input_ids"],
+                batch["attention_mask"],
+                stop_at_newline=self.template.is_completion,
+                **inputs,
+                **generation_kwargs,
+            )
+            outputs.extend(decode_rewrites(self.tokenizer, new_tokens))
+        return outputs
 
 
 SHIPPED_REWRITERS_DIR = Path(__file__).parents[1] / "assets" / "rewriters"

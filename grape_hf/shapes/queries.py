@@ -186,6 +186,7 @@ def build_grape_task(
     eval_seed: int = 1,
     image_size: int = IMAGE_SIZE,
     composed_negatives: int = 1,
+    reference_images: bool = False,
 ):
     """A shift as a GRAPE training task: the `datasets.DatasetDict` that `load_grape_dataset`, the recipes and
     `--dataset_name` read (save it with `save_to_disk`).
@@ -198,7 +199,9 @@ def build_grape_task(
 
     Query splits carry `query`, `target_id` and `target_caption` (plus the shift's own columns: `language`, or
     `reference`, `reference_id` and `edit_kind`); corpus splits `id`, `image` and `caption`. `composed_negatives`:
-    other edits of each reference in both corpora (see [`build_shift`]).
+    other edits of each reference in both corpora (see [`build_shift`]). `reference_images` (composed): also a
+    `reference_image` column, the reference scene rendered, for a vision-language rewriter (`reference_column:
+    reference_image`).
 
     Example:
     ```python
@@ -227,9 +230,21 @@ def build_grape_task(
     if not train_rows:
         raise ValueError(f"No {shift} training query is left with {train_images} train images; raise train_images.")
 
+    if reference_images and shift != "composed":
+        raise ValueError(
+            f"reference_images=True is for the composed shift (a reference image plus an edit), not {shift!r}."
+        )
+
     def queries(rows: list[dict], corpus: list[Scene]) -> Dataset:
         rows = [{**row, "target_caption": corpus[row["target_id"]].caption} for row in rows]
-        return Dataset.from_dict({column: [row[column] for row in rows] for column in rows[0]})
+        data = Dataset.from_dict({column: [row[column] for row in rows] for column in rows[0]})
+        if not reference_images:
+            return data
+        from datasets import Features, Image, concatenate_datasets
+
+        images = [corpus[row["reference_id"]].render(image_size) for row in rows]
+        column = Dataset.from_dict({"reference_image": images}, features=Features({"reference_image": Image()}))
+        return concatenate_datasets([data, column], axis=1)
 
     return DatasetDict(
         {

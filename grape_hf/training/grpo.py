@@ -6,6 +6,11 @@ dataclasses too. It starts from the base model (with a fresh LoRA) or from an ea
 folder (`--init_rewriter`, e.g. the [`~grape_hf.training.sft`] warm start), resumes from the last checkpoint in
 `output_dir`, logs a held-out R@10 curve when `--curve_eval_steps` is set, and saves a rewriter folder with its model
 card.
+
+A vision-language policy (its config has a `vision_config`: LLaVA, Qwen2-VL, SmolVLM, ...) trains on composed
+queries with the reference image in its prompt: the queries' `reference_column` must hold the images, the prompt is a
+chat template with `{reference}` where the image goes (the built-in `composed_image`), and TRL's multimodal GRPO path
+runs (grape_hf's CPU fast paths are text-only and step aside).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pathlib import Path
 from ..evaluation import markdown_table, plot_curves, save_results, training_curves
 from ..retrieval.retrievers import load_retriever
 from ..rewriting.devices import dtype_name
-from ..rewriting.prompts import to_prompt_dataset
+from ..rewriting.folder import read_json
+from ..rewriting.prompts import to_image_prompt_dataset, to_prompt_dataset
 from ..rewriting.rewriter import QueryRewriter
 from .configs import GRAPEScriptArguments
 from .rewards import get_reward_funcs
@@ -42,6 +48,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     from trl import get_peft_config
 
     from ..rewriting.folder import load_tokenizer
+    from ..rewriting.vision import is_vision_language, load_processor
     from .callbacks import RetrievalEvalCallback
     from .trainer import GRAPETrainer
 
@@ -59,14 +66,19 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
         query_column="query",
         relative=script_args.relative_reward,
     )
-    train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
-    if template.is_completion and hasattr(training_args, "stop_at_newline"):
-        training_args.stop_at_newline = True  # a base model's rewrite is one line, in training as at inference
-
     # `dtype: auto` (the recipes' default): bf16 where the training device runs it natively, else fp32.
     dtype = dtype_name(model_args.dtype, training_args.device)
     model, tokenizer_source = load_policy(model_args, script_args.init_rewriter, dtype=dtype)
-    tokenizer = load_tokenizer(tokenizer_source)
+    vision = is_vision_language(read_json(model, "config.json") if isinstance(model, str) else model.config)
+    if vision:  # the processor is the processing class; each prompt gets its reference image
+        tokenizer = load_processor(tokenizer_source)
+        train_dataset = to_image_prompt_dataset(train_data, template, script_args.reference_column)
+    else:
+        tokenizer = load_tokenizer(tokenizer_source)
+        train_dataset = to_prompt_dataset(train_data, template, script_args.reference_column)
+    if template.is_completion and hasattr(training_args, "stop_at_newline"):
+        training_args.stop_at_newline = True  # a base model's rewrite is one line, in training as at inference
+
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         "dtype": dtype,
@@ -83,7 +95,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     if script_args.curve_eval_steps:
         curve = eval_data.queries.shuffle(seed=training_args.seed + 1)
         curve = curve.select(range(min(script_args.curve_queries, len(curve))))
-        references = list(curve["reference"]) if template.needs_reference else None
+        references = list(curve[script_args.reference_column]) if template.needs_reference or vision else None
         callbacks.append(
             RetrievalEvalCallback(
                 eval_scorer,
@@ -120,6 +132,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
             eval_data,
             eval_scorer,
             script_args.eval_batch_size,
+            reference_column=script_args.reference_column,
         )
 
     with Stopwatch() as clock:
@@ -130,7 +143,12 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
     evaluation = {}
     if script_args.evaluate_before_after:
         after = evaluate_methods(
-            {"GRAPE rewriter": rewriter}, template, eval_data, eval_scorer, script_args.eval_batch_size
+            {"GRAPE rewriter": rewriter},
+            template,
+            eval_data,
+            eval_scorer,
+            script_args.eval_batch_size,
+            reference_column=script_args.reference_column,
         )
         compared = evaluate_methods(
             compare_rewriters(script_args.compare_rewriters, model_args.dtype),
@@ -138,6 +156,7 @@ def main(script_args: GRAPEScriptArguments, training_args, model_args):
             eval_data,
             eval_scorer,
             script_args.eval_batch_size,
+            reference_column=script_args.reference_column,
         )
         results = {**before["results"], **after["results"], **compared["results"]}
         rewrites = {**before["rewrites"], **after["rewrites"], **compared["rewrites"]}

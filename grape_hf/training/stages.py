@@ -113,9 +113,17 @@ def build_scorer(retriever, data: GRAPEData, script_args, seed: int | None = Non
     )
 
 
-def evaluate_methods(methods: dict, template: PromptTemplate, data: GRAPEData, scorer, batch_size: int = 32) -> dict:
-    """Evaluate method name -> rewriter (or `None` for the original query) on `data`'s queries."""
-    references = list(data.queries["reference"]) if template.needs_reference else None
+def evaluate_methods(
+    methods: dict, template: PromptTemplate, data: GRAPEData, scorer, batch_size: int = 32, reference_column=None
+) -> dict:
+    """Evaluate method name -> rewriter (or `None` for the original query) on `data`'s queries; the references of
+    composed queries come from `reference_column` (default `"reference"`; a vision-language rewriter's are images
+    and always passed)."""
+    from ..rewriting.vision import is_processor
+
+    reads_images = any(is_processor(getattr(m, "processor", None)) for m in methods.values())
+    column = reference_column or "reference"
+    references = list(data.queries[column]) if template.needs_reference or reads_images else None
     results, rewrites = evaluate_rewriters(
         scorer,
         list(data.queries["query"]),
@@ -138,9 +146,8 @@ def load_policy(
         `tuple`: `(model or model path, tokenizer source)`: a path when TRL should build the model (and add the
         stage's own LoRA), a [`~peft.PeftModel`] when training continues an adapter.
     """
-    from transformers import AutoModelForCausalLM
-
     from ..rewriting.devices import resolve_dtype
+    from ..rewriting.folder import model_class
 
     base_path = resolve_model_path(model_args.model_name_or_path)
     if init_rewriter is None:
@@ -155,7 +162,7 @@ def load_policy(
     adapter_dir = os.path.join(folder, subfolder) if subfolder else folder
     base = resolve_model_path(PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path)
     attention = getattr(model_args, "attn_implementation", None)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = model_class(read_json(base, "config.json")).from_pretrained(
         base, dtype=resolve_dtype(dtype, device), **({"attn_implementation": attention} if attention else {})
     )
     model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
