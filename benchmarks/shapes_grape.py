@@ -24,6 +24,8 @@ the shift's few-shot prompt:
     python benchmarks/shapes_grape.py --rewriter gemma3-270m --shifts multilingual long_form --ship
     python benchmarks/shapes_grape.py --shifts composed --variant rr --start_from grape_rank \
         --grpo_args --reward_funcs reciprocal_rank   # one more GRPO stage, method grape_rank_rr
+    python benchmarks/shapes_grape.py --rewriter gemma3-270m --shifts long_form --variant continued \
+        --start_from grape_rank --grpo_args --max_steps 60   # 60 more GRPO rank steps: grape_rank_continued
     python benchmarks/shapes_grape.py --shifts composed --variant r1 --start_from grape_rank \
         --distill_args --max_rank 1                  # one more self-distillation stage, method self_distillation_r1
 
@@ -250,7 +252,7 @@ def run_shift(
     curves = {}
     # A variant from zero-shot needs none of the base stages: where their rows are recorded and their folders are
     # gone (a fresh machine has no stage cache), they are not trained again.
-    variant = args.variant and f"{'self_distillation' if args.distill_args else 'grape_rank'}_{args.variant}"
+    variant = args.variant and f"{variant_base(args)}_{args.variant}"
     if variant and args.start_from == "zero_shot" and all(m in done and not chain.folder(m).is_dir() for m in TRAINED):
         log(f"{shift}: base stages recorded in the results and not cached here: not trained again")
     else:  # self-distillation, then GRPO rank and similarity from the better of it and zero-shot (held-out R@10)
@@ -281,7 +283,9 @@ def run_shift(
     # The word-level probe of the held-out greedy rewrites before and after training (no model runs).
     groups = list(val["language"]) if "language" in val.column_names else None
     results.setdefault("word_probes", {})[shift] = {
-        m: word_recall([[t] for t in rewrites[m]], captions, groups) for m in WORD_PROBED if m in rewrites
+        m: word_recall([[t] for t in rewrites[m]], captions, groups)
+        for m in rewrites
+        if m in WORD_PROBED or m.startswith(tuple(f"{base}_" for base in TRAINED))
     }
     if args.ship:  # measured now: an earlier entry may be of a rewriter shipped since, or removed
         done.pop("previously_shipped", None)
@@ -308,6 +312,16 @@ def run_shift(
     results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer)}
     results["_meta"][shift]["shots"] = shots
     return curves
+
+
+def variant_base(args) -> str:
+    """The method a variant extends: self-distillation (--distill_args), GRPO `similarity` (--grpo_args naming that
+    reward), else GRPO `rank`."""
+    if args.distill_args:
+        return "self_distillation"
+    flags = args.grpo_args
+    rewards = flags[flags.index("--reward_funcs") + 1 :] if "--reward_funcs" in flags else []
+    return "grpo_similarity" if rewards[:1] == ["similarity"] else "grape_rank"
 
 
 # What a shift's rewriter is judged by when it replaces the shipped one: composed queries are easy at R@10 from the
@@ -345,7 +359,8 @@ def main() -> None:
         "--variant",
         default=None,
         help="After the stages, train one more stage named VARIANT from --start_from: GRPO with "
-        "--grpo_args (folder grpo-VARIANT, method grape_rank_VARIANT) or self-distillation with "
+        "--grpo_args (folder grpo-rank-VARIANT, method grape_rank_VARIANT; with --reward_funcs similarity "
+        "grpo-similarity-VARIANT, grpo_similarity_VARIANT) or self-distillation with "
         "--distill_args (folder distill-VARIANT, method self_distillation_VARIANT), on top of the "
         "sizes.",
     )
@@ -432,7 +447,8 @@ def report(results: dict, curves: dict, tag: str) -> None:
     ]
     for shift in shifts:
         rows = {m: results[shift][m] for m in METHODS if m in results[shift]}
-        rows.update({m: v for m, v in results[shift].items() if m.startswith(("grape_rank_", "self_distillation_"))})
+        variants = tuple(f"{method}_" for method in TRAINED)
+        rows.update({m: v for m, v in results[shift].items() if m.startswith(variants)})
         lines += [f"## {shift}", "", markdown_table(rows), ""]
         if shift == "long_form":
             lines += [
