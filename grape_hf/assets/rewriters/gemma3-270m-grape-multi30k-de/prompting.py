@@ -145,6 +145,39 @@ def render_messages(template: dict, query: str, reference: str | None = None) ->
     return messages
 
 
+def render_image_messages(template: dict, query: str, image=None) -> list[dict]:
+    """The chat messages for one composed query to a vision-language rewriter, every content a list of parts (as
+    processors and TRL's multimodal GRPO take them): the reference image is an image part where the user turn says
+    `{reference}` (first in the turn when it has no such slot). With `image=None` the part is a placeholder
+    (`{"type": "image"}`) that TRL fills from the dataset's `image` column; few-shot examples keep their reference
+    captions as text.
+
+    Example:
+    ```python
+    >>> from grape_hf.rewriting.prompting import render_image_messages
+    >>> messages = render_image_messages({"user": "Reference: {reference}\\nEdit: {query}"}, "make it blue")
+    >>> [part["type"] for part in messages[-1]["content"]]
+    ['text', 'image', 'text']
+    ```
+    """
+    marker = "\x00grape-image\x00"
+    messages = render_messages(template, query, marker if needs_reference(template) else None)
+    image_part = {"type": "image"} if image is None else {"type": "image", "image": image}
+    structured = []
+    for i, message in enumerate(messages):
+        pieces = message["content"].split(marker) if i == len(messages) - 1 else [message["content"]]
+        parts = []
+        for j, piece in enumerate(pieces):
+            if j:
+                parts.append(dict(image_part))
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        if i == len(messages) - 1 and len(pieces) == 1:
+            parts.insert(0, dict(image_part))
+        structured.append({"role": message["role"], "content": parts})
+    return structured
+
+
 def render_prompt(tokenizer, template: dict, query: str, reference: str | None = None) -> str:
     """The prompt text the rewriter generates from: for a chat template, the tokenizer's chat template applied with
     the generation prompt added; for a completion template, [`render_completion`]'s plain text."""

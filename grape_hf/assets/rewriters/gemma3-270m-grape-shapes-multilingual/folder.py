@@ -1,19 +1,20 @@
 """The rewriter folder: its format and its one loader (`saving` writes it, with the remote code it ships).
 
 A trained GRAPE rewriter is a folder (or Hub repo) holding either a full causal LM (`config.json` + weights) or a
-PEFT adapter, its tokenizer, and `grape_rewriter.json` ([`RewriterConfig`]: the prompt it was trained with, the
-retriever and corpus, the training settings, the evaluation numbers). An adapter saved here sits in `adapter/`
+PEFT adapter, its tokenizer (a vision-language rewriter's processor: see [`~grape_hf.rewriting.vision`]), and
+`grape_rewriter.json` ([`RewriterConfig`]: the prompt it was trained with, the retriever and corpus, the training
+settings, the evaluation numbers). An adapter saved here sits in `adapter/`
 under a small top `config.json` of model type `grape_rewriter`: transformers looks for `custom_pipelines` in the top
 `config.json`, and would load the base model's weights from the folder itself (not from the adapter's base) if that
 config sat next to a top-level `adapter_config.json`.
 
-This module, `pipeline.py`, `prompting.py`, `generation.py` and `devices.py` (all in `grape_hf/rewriting/`) are
-self-contained on purpose: they import only the standard library, torch and transformers (and peft for an adapter),
-and each other, by relative imports between siblings (with `saving.py`, which writes a folder:
-[`~grape_hf.rewriting.saving.add_pipeline_files`] copies them as flat files into a saved folder at save time, as
-transformers' `custom_object_save` copies a model's module and its relative imports, so that
-`pipeline(model=folder, trust_remote_code=True)` runs where grape_hf is not installed). Everything in grape_hf that
-reads a rewriter folder goes through here, everything that writes one through `saving`.
+This module, `pipeline.py`, `prompting.py`, `generation.py`, `vision.py` and `devices.py` (all in
+`grape_hf/rewriting/`) are self-contained on purpose: they import only the standard library, torch and transformers
+(and peft for an adapter), and each other, by relative imports between siblings (with `saving.py`, which writes a
+folder: [`~grape_hf.rewriting.saving.add_pipeline_files`] copies them as flat files into a saved folder at save time,
+as transformers' `custom_object_save` copies a model's module and its relative imports, so that `pipeline(model=folder,
+trust_remote_code=True)` runs where grape_hf is not installed). Everything in grape_hf that reads a rewriter folder
+goes through here, everything that writes one through `saving`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from transformers.utils import cached_file
 
 from .devices import resolve_dtype
 from .prompting import check_template
+from .vision import is_processor, is_vision_language, load_processor
 
 REWRITER_CONFIG_NAME = "grape_rewriter.json"
 PROMPTS_NAME = "grape_prompts.json"
@@ -176,6 +178,16 @@ def _identity(name: str) -> str:
     return name
 
 
+def model_class(config: Any):
+    """The auto class that loads a model of this config (a [`~transformers.PretrainedConfig`], its dict, or `None`):
+    `AutoModelForImageTextToText` for a vision-language model, else `AutoModelForCausalLM`."""
+    if is_vision_language(config):
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 class GRAPERewriterLoader:
     """Loads a rewriter folder or Hub repo: a full causal LM, or a PEFT adapter on its base model.
 
@@ -235,7 +247,12 @@ class GRAPERewriterLoader:
         subfolder = cls.adapter_location(name_or_path, config, **hub)
         if subfolder is None:
             model_kwargs = {k: v for k, v in kwargs.items() if k in _BASE_LOAD_KWARGS + _HUB_KWARGS}
-            model = AutoModelForCausalLM.from_pretrained(
+            if config is None or isinstance(config, (str, Path)):
+                config = read_json(name_or_path, "config.json", **hub)
+            auto_class = model_class(config)
+            if isinstance(config, dict):
+                config = None  # read only to pick the class: from_pretrained reads it again
+            model = auto_class.from_pretrained(
                 name_or_path, *model_args, config=config, trust_remote_code=False, **model_kwargs
             )
         else:
@@ -248,7 +265,8 @@ class GRAPERewriterLoader:
             base = resolve(peft_config.base_model_name_or_path)
             base_kwargs = {k: v for k, v in kwargs.items() if k in _BASE_LOAD_KWARGS}
             # The base model's own remote code is never run, nor asked about: the adapter names a plain base.
-            model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=False, **base_kwargs)
+            base_config = read_json(base, "config.json", **hub)
+            model = model_class(base_config).from_pretrained(base, trust_remote_code=False, **base_kwargs)
             model = PeftModel.from_pretrained(model, source)
             _check_adapter_complete(model, source)
             model.grape_base_model = base
@@ -310,8 +328,9 @@ def load_rewriter(
 ) -> tuple[Any, Any, RewriterConfig | None]:
     """Load a rewriter folder, a Hub id, or a plain instruct model: `(model, tokenizer, rewriter_config or None)`.
 
-    The one loader of grape_hf. `kwargs` go to `from_pretrained` (`dtype=`, `revision=`, ...). The tokenizer comes
-    from the folder, or from the adapter's base model when the folder has none; grape_hf never runs (or asks to
+    The one loader of grape_hf. `kwargs` go to `from_pretrained` (`dtype=`, `revision=`, ...). The tokenizer (for a
+    vision-language rewriter its processor, in the same place) comes from the folder, or from the adapter's base model
+    when the folder has none; grape_hf never runs (or asks to
     run) remote code to load it. `resolve_base_model` maps a base model's id to a loadable path (grape_hf passes its
     offline resolution); by default the loader's own is used.
     """
@@ -321,7 +340,10 @@ def load_rewriter(
     hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
     if read_json(source, "tokenizer_config.json", **hub) is None:
         source = getattr(model, "grape_base_model", source)
-    return model, load_tokenizer(source), RewriterConfig.load(model.grape_rewriter_path, **hub)
+    config = RewriterConfig.load(model.grape_rewriter_path, **hub)
+    if is_vision_language(model.config):
+        return model, load_processor(source), config
+    return model, load_tokenizer(source), config
 
 
 def load_tokenizer(source: str | Path):
@@ -330,8 +352,9 @@ def load_tokenizer(source: str | Path):
 
 
 def with_pad_token(tokenizer):
-    """`tokenizer`, given its end-of-sequence token as the pad token when it has none: batched generation and the
-    trainers pad with it."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    """`tokenizer` (or a processor, whose tokenizer it changes), given its end-of-sequence token as the pad token when
+    it has none: batched generation and the trainers pad with it."""
+    text = tokenizer.tokenizer if is_processor(tokenizer) else tokenizer
+    if text.pad_token is None:
+        text.pad_token = text.eos_token
     return tokenizer

@@ -264,7 +264,8 @@ def generate_rewrite_tokens(
     CDF ([`InverseCDFSampler`]) after the config's temperature/top-k/top-p/min-p warpers: the distribution
     `generate`'s sampling draws from, at less cost on a CPU.
 
-    With `stop_at_newline` (completion-format prompts) a rewrite also ends at its first newline token.
+    With `stop_at_newline` (completion-format prompts) a rewrite also ends at its first newline token. A
+    vision-language rewriter's image inputs (`pixel_values=`, ...) are passed on to `generate` with the other kwargs.
 
     With [`decode_rewrites`], the one generation path of grape_hf: [`~grape_hf.rewriting.rewriter.QueryRewriter`], the
     `"grape-rewrite"` pipeline, the evaluation and the R@10 curve callback all come here.
@@ -284,13 +285,18 @@ def generate_rewrite_tokens(
     if config.max_new_tokens is not None:
         config.max_length = None  # max_new_tokens wins; leaving both set only earns a warning
     num_prompts, prompt_length = input_ids.shape
-    if num_rewrites > 1 and prompt_length > 1 and "past_key_values" not in model_kwargs:
+    # A vision-language model's image inputs (pixel_values, image_grid_thw, ...) go to generate, which repeats them
+    # for the rewrites; the shared prefill below is text-only.
+    images = any(key.startswith(("pixel_values", "image_")) for key in model_kwargs)
+    if num_rewrites > 1 and prompt_length > 1 and "past_key_values" not in model_kwargs and not images:
         # Each prompt once: prefill it and repeat its cache for its rewrites (generate would repeat the prompt).
         rows = torch.arange(num_prompts, device=input_ids.device).repeat_interleave(num_rewrites)
         model_kwargs["past_key_values"] = prefill_prompts(model, input_ids, attention_mask, rows)
         input_ids, attention_mask = input_ids[rows], attention_mask[rows]
         config.num_return_sequences = 1
-    if "logits_processor" not in model_kwargs:  # sample by inverse CDF inside a greedy search (InverseCDFSampler)
+    # Sample by inverse CDF inside a greedy search (InverseCDFSampler), but not several rewrites of an image prompt:
+    # only generate knows how to repeat a model's image inputs for them, and its greedy search returns one sequence.
+    if "logits_processor" not in model_kwargs and not (images and config.num_return_sequences > 1):
         processors = inverse_cdf_sampling(config)
         if processors is not None:
             model_kwargs["logits_processor"] = processors

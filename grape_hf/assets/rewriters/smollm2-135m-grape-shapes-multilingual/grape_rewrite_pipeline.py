@@ -31,14 +31,25 @@ from .folder import (
     with_pad_token,
 )
 from .generation import check_context, decode_rewrites, generate_rewrite_tokens
-from .prompting import adds_special_tokens, check_template, is_blank, needs_reference, render_prompt, template_format
+from .prompting import (
+    adds_special_tokens,
+    check_template,
+    is_blank,
+    needs_reference,
+    render_image_messages,
+    render_prompt,
+    template_format,
+)
 from .saving import save_rewriter_folder
+from .vision import check_images, encode_image_prompts, is_processor, is_vision_language, load_processor
 
 logger = logging.getLogger(__name__)
 
 TASK = "grape-rewrite"
 DEFAULT_SHIFT = "multilingual"
 DEFAULT_BATCH_SIZE = 16
+# What preprocess passes along besides the model's inputs.
+_TEXT_FIELDS = ("query", "prompt", "stop_at_newline")
 
 
 class GRAPERewritePipeline(Pipeline):
@@ -51,6 +62,9 @@ class GRAPERewritePipeline(Pipeline):
     kind (`"multilingual"`, `"long_form"`, `"composed"`) or `prompt=` gives one (`{"user": ..., "system": ...,
     "examples": [...]}`, the user turn containing `{query}`, and `{reference}` for composed queries, which then need
     `reference=`; few-shot `examples` are `{"query", "rewrite"}` dicts rendered as earlier turns).
+
+    A vision-language rewriter (a folder whose model has a `vision_config`, e.g. one trained by GRPO on CIRR) takes
+    the reference *image*: `rewriter("make the dog black", reference=image)`; its processor is loaded with it.
 
     Example:
     ```python
@@ -92,7 +106,18 @@ class GRAPERewritePipeline(Pipeline):
             if base is None:
                 raise ValueError(f"{source!r} holds no tokenizer and names no base model; pass tokenizer=.")
             kwargs["tokenizer"] = load_tokenizer(base)
+        processor = kwargs.pop("processor", None)
+        if is_processor(kwargs.get("tokenizer")):  # load_rewriter's processor, in the tokenizer's place
+            processor = kwargs["tokenizer"]
+            kwargs["tokenizer"] = processor.tokenizer
         super().__init__(*args, **kwargs)
+        self.processor = None
+        if is_vision_language(getattr(self.model, "config", None)):  # the reference is an image, read by its processor
+            has_own = read_json(source, "tokenizer_config.json") is not None
+            self.processor = processor or load_processor(source if has_own else model.grape_base_model)
+            self.tokenizer = self.processor.tokenizer
+            # Batching collates pixel values through the pipeline's image processor (same-size images: stacked).
+            self.image_processor = getattr(self.processor, "image_processor", None)
         with_pad_token(self.tokenizer)
         self.tokenizer.padding_side = "left"
         if self._batch_size is None:
@@ -178,7 +203,8 @@ class GRAPERewritePipeline(Pipeline):
 
         Args:
             queries (`str` or `list[str]`): The queries.
-            reference (`str` or `list[str]`, *optional*): The reference item's caption per query (composed queries).
+            reference (`str` or `list[str]`, *optional*): The reference item's caption per query (composed queries);
+                for a vision-language rewriter the reference image (a PIL image, or a list with one per query).
             shift (`str`, *optional*): A built-in prompt kind instead of the trained prompt.
             prompt (`str` or `dict`, *optional*): A prompt of your own.
             num_rewrites (`int`, *optional*, defaults to `1`): Rewrites per query; more than one are sampled.
@@ -196,11 +222,14 @@ class GRAPERewritePipeline(Pipeline):
         for i, query in enumerate(batch):
             if not isinstance(query, str):
                 raise TypeError(f"Query {i} is a {type(query).__name__} ({query!r:.60}), not a string.")
-        references = self._references(reference, len(batch), single)
+        if self.processor is not None:
+            references = check_images(reference, batch)
+        else:
+            references = self._references(reference, len(batch), single)
         call_kwargs = {k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
         template = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}["template"]
-        composed = needs_reference(template)
-        if not composed and reference is not None:
+        composed = needs_reference(template) and self.processor is None
+        if not composed and reference is not None and self.processor is None:
             raise ValueError(
                 f"reference= was given, but the {template.get('shift') or 'given'} prompt has no '{{reference}}' "
                 "slot, so it would be ignored. Use a composed prompt (shift='composed', or prompt= with "
@@ -235,6 +264,13 @@ class GRAPERewritePipeline(Pipeline):
 
     def preprocess(self, inputs: dict, template: dict | None = None) -> dict:
         template = template or self.template()
+        if self.processor is not None:  # the edit with its reference image, through the processor's chat template
+            query, image = inputs["query"], inputs["reference"]
+            encoded = encode_image_prompts(self.processor, template, [query], [image])
+            messages = render_image_messages(template, query, image)
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            dtype = getattr(self.model, "dtype", None)
+            return {**encoded.to(dtype=dtype), "query": query, "prompt": text, "stop_at_newline": False}
 
         text = render_prompt(self.tokenizer, template, inputs["query"], inputs["reference"])
         # As TRL tokenizes the same prompt in training: a chat template writes its own BOS, plain text gets the
@@ -254,6 +290,8 @@ class GRAPERewritePipeline(Pipeline):
         config = generate_kwargs.get("generation_config") or self.generation_config
         max_new_tokens = generate_kwargs.get("max_new_tokens", config.max_new_tokens)
         check_context(self.model, model_inputs["attention_mask"], max_new_tokens, model_inputs["query"])
+        # A vision-language rewriter's image inputs (pixel_values, ...) go to generate with the token ids.
+        images = {k: v for k, v in model_inputs.items() if k not in ("input_ids", "attention_mask", *_TEXT_FIELDS)}
         new_tokens = generate_rewrite_tokens(
             self.model,
             self.tokenizer,
@@ -262,6 +300,7 @@ class GRAPERewritePipeline(Pipeline):
             num_rewrites=num_rewrites,
             generation_config=generate_kwargs.pop("generation_config", None) or self.generation_config,
             stop_at_newline=stop,
+            **images,
             **generate_kwargs,
         )
         return {"new_tokens": new_tokens, "query": model_inputs["query"], "prompt": model_inputs["prompt"]}

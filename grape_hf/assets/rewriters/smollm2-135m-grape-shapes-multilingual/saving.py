@@ -62,7 +62,7 @@ def remote_code_files() -> dict[str, Path]:
     """File name in a saved folder -> the module it is copied from: the pipeline (renamed, so that its name says what
     it is) and the modules it imports, flat, under their own names (their relative imports stay valid)."""
     here = Path(__file__).parent
-    siblings = ("folder", "saving", "prompting", "generation", "devices")
+    siblings = ("folder", "saving", "prompting", "generation", "vision", "devices")
     return {f"{PIPELINE_MODULE}.py": here / "pipeline.py", **{f"{name}.py": here / f"{name}.py" for name in siblings}}
 
 
