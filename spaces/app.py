@@ -32,7 +32,7 @@ EXAMPLES_FILE = Path(os.environ.get("GRAPE_SPACE_EXAMPLES", Path(__file__).with_
 TRACK_CHOICES = [("Images (shapes world, grape-shapes-clip)", "images"), ("Captions (Multi30k, MiniLM)", "captions")]
 SHIFT_TITLES = {
     "multilingual": "Images · German, French, Spanish, Chinese",
-    "long_form": "Images · a long description (base SmolLM2, prompt only)",
+    "long_form": "Images · a long description",
     "composed": "Images · a reference image plus an edit",
     "captions": "Captions · German Multi30k descriptions",
 }
@@ -97,14 +97,12 @@ def build_demo(engine: SpaceEngine) -> gr.Blocks:
         gr.Markdown(
             "# GRAPE: rewrite the query, not the retriever\n"
             "A frozen retriever fails on queries it was never trained for: another language, a long chatty "
-            "description, a reference image plus an edit. A small LLM (SmolLM2-135M; Gemma 3 270M for the "
-            "captions) trained with GRPO on the "
+            "description, a reference image plus an edit. A small LLM (Gemma 3 270M; SmolLM2-135M for the "
+            "composed edits) trained with GRPO on the "
             "retriever's **ranking** ([GRAPE, arXiv 2509.23370](https://arxiv.org/abs/2509.23370)) rewrites the "
             "query. Below: what the retriever returns for the query as written and as rewritten (the target, when "
             "the query is a held-out one, framed in green and starred). Built with grape_hf's "
-            '`pipeline("grape-rewrite")`, offline on its shipped rewriters. '
-            "The long-description rewriter is the base SmolLM2 with the `long_form` prompt: grape_hf ships no trained "
-            "long-form rewriter (its CPU runs did not learn one)."
+            '`pipeline("grape-rewrite")`, offline on its shipped rewriters.'
         )
         with gr.Row():
             track = gr.Radio(TRACK_CHOICES, value="images", label="Track", elem_id="grape-track")

@@ -20,7 +20,7 @@ Environment variables (all optional; the defaults are shipped with grape_hf and 
 | variable | default |
 |---|---|
 | `GRAPE_SPACE_REWRITER_MULTILINGUAL` | the shipped `gemma3-270m-grape-shapes-multilingual` (Gemma 3 270M, rank-GRPO) |
-| `GRAPE_SPACE_REWRITER_LONG_FORM` | `HuggingFaceTB/SmolLM2-135M-Instruct`, prompt-only with the `long_form` prompt |
+| `GRAPE_SPACE_REWRITER_LONG_FORM` | the shipped `gemma3-270m-grape-shapes-long-form` (Gemma 3 270M, rank-GRPO) |
 | `GRAPE_SPACE_REWRITER_COMPOSED` | the shipped `smollm2-135m-grape-shapes-composed` |
 | `GRAPE_SPACE_REWRITER_CAPTIONS` | the shipped `gemma3-270m-grape-multi30k-de` (Gemma 3 270M, rank-GRPO) |
 | `GRAPE_SPACE_IMAGE_RETRIEVER` | `open_clip:grape-shapes-clip@grape-shapes` |
@@ -57,7 +57,7 @@ MAX_QUERY_CHARS = 2000  # longer queries are cut (with a warning): the rewriter'
 MAX_K = 20
 MAX_REWRITES = 8
 DISPLAY_SIZE = 128  # the shapes images are drawn at 64 px for the retriever and at this size for the page
-NEW_TOKENS = {"multilingual": 32, "long_form": 48, "composed": 32, "captions": 48}
+NEW_TOKENS = {"multilingual": 32, "long_form": 32, "composed": 32, "captions": 48}
 
 
 class SpaceInputError(ValueError):
@@ -81,7 +81,7 @@ class SpaceSettings:
         env = os.environ if environ is None else environ
         defaults = {
             "multilingual": str(shipped_rewriter_path("gemma3-270m-grape-shapes-multilingual")),
-            "long_form": SMOLLM2_ID,
+            "long_form": str(shipped_rewriter_path("gemma3-270m-grape-shapes-long-form")),
             "composed": str(shipped_rewriter_path("smollm2-135m-grape-shapes-composed")),
             "captions": str(shipped_rewriter_path("gemma3-270m-grape-multi30k-de")),
         }
@@ -276,7 +276,7 @@ class SpaceEngine:
         path = self.settings.rewriters[name]
         label = Path(path).name if Path(path).is_dir() else path
         if name == "long_form" and path == SMOLLM2_ID:
-            label += " (prompt-only; the shipped long-form rewriter reaches only R@10 0.07)"
+            label += " (prompt-only)"
         return label
 
     # ------------------------------------------------------------------ search
