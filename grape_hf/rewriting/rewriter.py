@@ -134,18 +134,7 @@ class QueryRewriter:
                     padding=True,
                     add_special_tokens=self.template.add_special_tokens,  # as TRL tokenizes the same prompt
                 ).to(device)
-                check_context(
-                    self.model, batch["attention_mask"], generation_kwargs["max_new_tokens"], queries[start:]
-                )
-                new_tokens = generate_rewrite_tokens(
-                    self.model,
-                    self.tokenizer,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    stop_at_newline=self.template.is_completion,
-                    **generation_kwargs,
-                )
-                outputs.extend(decode_rewrites(self.tokenizer, new_tokens))
+                outputs.extend(self._generate(batch, queries[start:], generation_kwargs))
         finally:
             self.tokenizer.padding_side = old_side
         for i, rewrites in zip(todo, outputs):
@@ -161,19 +150,24 @@ class QueryRewriter:
             batch = encode_image_prompts(
                 self.processor, template, queries[start : start + batch_size], images[start : start + batch_size]
             ).to(device=device, dtype=self.model.dtype)  # floating inputs (pixel values) in the model's dtype
-            check_context(self.model, batch["attention_mask"], generation_kwargs["max_new_tokens"], queries[start:])
-            inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-            new_tokens = generate_rewrite_tokens(
-                self.model,
-                self.tokenizer,
-                batch["input_ids"],
-                batch["attention_mask"],
-                stop_at_newline=self.template.is_completion,
-                **inputs,
-                **generation_kwargs,
-            )
-            outputs.extend(decode_rewrites(self.tokenizer, new_tokens))
+            outputs.extend(self._generate(batch, queries[start:], generation_kwargs))
         return outputs
+
+    def _generate(self, batch, queries: list[str], generation_kwargs: dict) -> list[list[str]]:
+        """The cleaned rewrites of one encoded batch (token ids, and a vision-language model's image inputs)."""
+        check_context(self.model, batch["attention_mask"], generation_kwargs["max_new_tokens"], queries)
+        images = self.processor is not None
+        inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")} if images else {}
+        new_tokens = generate_rewrite_tokens(
+            self.model,
+            self.tokenizer,
+            batch["input_ids"],
+            batch["attention_mask"],
+            stop_at_newline=self.template.is_completion,
+            **inputs,
+            **generation_kwargs,
+        )
+        return decode_rewrites(self.tokenizer, new_tokens)
 
 
 SHIPPED_REWRITERS_DIR = Path(__file__).parents[1] / "assets" / "rewriters"
