@@ -405,8 +405,9 @@ def main() -> None:
         results_file.write_text(json.dumps(everything, indent=2, ensure_ascii=False) + "\n")
 
     retriever = load_retriever(RETRIEVER, device="cpu")
-    if args.variant:  # the main command stays the one that trained the stages
-        results["_meta"].setdefault("variants", {})[args.variant] = {"command": command, "shifts": args.shifts}
+    if args.variant:  # the main command stays the one that trained the stages; a variant's is kept under its method
+        method = f"{variant_base(args)}_{args.variant}"
+        results["_meta"].setdefault("variants", {})[method] = {"command": command, "shifts": args.shifts}
     else:
         results["_meta"]["command"] = command
     dest_root = out / "shipped" if args.quick else ASSETS
