@@ -310,6 +310,8 @@ def run_shift(
         )
     shots = SHOTS[shift][0]
     results["_meta"][shift] = {"eval_queries": len(val), "train_queries": len(task["train"]), "corpus": len(scorer)}
+    if not args.variant:  # the command that trained this shift's stages (the top-level one is the latest run's)
+        results["_meta"][shift]["command"] = "python benchmarks/shapes_grape.py " + " ".join(sys.argv[1:])
     results["_meta"][shift]["shots"] = shots
     return curves
 
